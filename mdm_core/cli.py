@@ -1,0 +1,391 @@
+"""The ``mdm`` command line.
+
+Module import stays light (no torch): ``mdm --help`` and ``mdm plugins`` must start fast.
+Every user error is an ``MdmError``: printed as ``error: ...`` with its exit code, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from mdm_core import __version__
+from mdm_core.errors import MdmError
+
+
+def _overrides_help() -> str:
+    return "dotted overrides, e.g. trainer.max_steps=2000 time_sampler.name=bell"
+
+
+# -- train / eval / sample ---------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mdm_core.spec import load_spec
+    from mdm_core.trainer import train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "resolved.yaml").is_file():
+            raise MdmError(f"--resume: {run_dir} is not a run directory (no resolved.yaml)", exit_code=2)
+        spec = load_spec(run_dir / "resolved.yaml", args.overrides + ([args.spec] if args.spec else []))
+    else:
+        if not args.spec:
+            raise MdmError("train: give a spec file, e.g. mdm train specs/quickstart.yaml", exit_code=2)
+        spec = load_spec(args.spec, args.overrides)
+        run_dir = Path(args.run_dir) if args.run_dir else None
+    summary = train(spec, run_dir=run_dir, resume=bool(args.resume), quiet=args.quiet)
+    if os.environ.get("RANK", "0") == "0":
+        _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    final = summary.get("final", {})
+    run_dir = summary["run_dir"]
+    for i, text in enumerate(summary.get("samples", [])):
+        print(f"sample {i}: {text}")
+    if "val/nll" in final:
+        line = (
+            f"done: val_nll {final['val/nll']:.4f} nats/token (ppl {final['val/ppl']:.3f}) "
+            f"at step {summary['steps']} in {summary['elapsed']:.0f}s of training"
+        )
+        floor = summary.get("data", {}).get("floor_nats_per_token")
+        if floor:
+            line += f"; entropy floor {floor:.4f} (gap {100 * (final['val/nll'] / floor - 1):.1f}%)"
+        print(line)
+    others = {k: v for k, v in final.items() if k not in ("val/nll", "val/ppl", "val/bpt")}
+    if others:
+        print("      " + "  ".join(f"{k} {v:.4g}" for k, v in others.items()))
+    print(f"run: {run_dir}  (curve: {run_dir}/curves.png, metrics: {run_dir}/metrics.jsonl)")
+
+
+def _load_run(run: str) -> tuple[Any, Any, Any, Any]:
+    """Rebuild a trained run: (spec, parts, model with its best weights, device)."""
+    import torch
+
+    from mdm_core import checkpoint
+    from mdm_core.spec import load_spec
+    from mdm_core.trainer import build_parts
+
+    run_dir = Path(run)
+    if not (run_dir / "resolved.yaml").is_file():
+        raise MdmError(f"{run_dir} is not a run directory (no resolved.yaml)", exit_code=2)
+    spec = load_spec(run_dir / "resolved.yaml")
+    path = checkpoint.latest_checkpoint(run_dir / "ckpt")
+    if path is None:
+        raise MdmError(f"{run_dir} has no checkpoint yet")
+    parts = build_parts(spec, spec.run.trainer.seed)
+    _, weights, _ = checkpoint.load_checkpoint(path)
+    if "ema" in weights:
+        ema = {k.removeprefix("module."): v for k, v in weights["ema"].items() if k.startswith("module.")}
+        parts.model.load_state_dict(ema)
+    else:
+        parts.model.load_state_dict(weights["model"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    parts.model.to(device).eval()
+    return spec, parts, parts.model, device
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mdm_core.trainer import eval_context, evaluate
+
+    spec, parts, model, device = _load_run(args.run)
+    metrics = evaluate(parts.evaluators, eval_context(parts, model, spec, device), None, final=True)
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+    else:
+        for key, value in metrics.items():
+            print(f"{key:24s} {value:.6g}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from mdm_core.interfaces import SamplingContext
+    from mdm_core.plugins import get_registry
+
+    spec, parts, model, device = _load_run(args.run)
+    sampler = parts.sampler
+    if args.sampler or args.steps:
+        name = args.sampler or spec.components["sampler"].name
+        cls = get_registry().load("sampler", name, where="--sampler")
+        params = dict(spec.resolved["sampler"]) if name == spec.components["sampler"].name else {}
+        params.pop("name", None)
+        if args.steps:
+            params["steps"] = args.steps
+        sampler = cls(cls.Params.model_validate(params))
+    tokenizer, vocab = parts.bundle.tokenizer, parts.bundle.tokenizer.vocab
+    length = args.length or parts.bundle.seq_len
+    prompt = prompt_mask = None
+    if args.prompt:
+        ids = tokenizer.encode(args.prompt)[:length]
+        prompt = torch.full((args.num, length), vocab.mask_id, dtype=torch.long)
+        prompt[:, : len(ids)] = torch.tensor(ids)
+        prompt_mask = torch.zeros_like(prompt, dtype=torch.bool)
+        prompt_mask[:, : len(ids)] = True
+        prompt, prompt_mask = prompt.to(device), prompt_mask.to(device)
+    gen = torch.Generator().manual_seed(args.seed)
+    ctx = SamplingContext(vocab, device, alpha=parts.forward_process.alpha)
+    out = sampler.generate(model, ctx, args.num, length, gen, prompt=prompt, prompt_mask=prompt_mask)
+    for i, row in enumerate(out.tokens.cpu()):
+        print(f"--- sample {i}\n{tokenizer.decode(row.tolist())}")
+    print(f"(NFE {out.nfe}, sampler {type(sampler).name})")
+    return 0
+
+
+# -- sweep / compare ---------------------------------------------------------------------------
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import time
+
+    from mdm_core.sweep import parse_grid, run_sweep
+
+    grid, fixed = parse_grid(args.assignments)
+    out = Path(args.out) if args.out else Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = run_sweep(args.spec, grid, fixed, out, parallel=args.parallel, extra_args=["--quiet"])
+    failed = [p for p in result.points if p.exit_code != 0]
+    print(f"sweep: {len(result.points)} runs in {out} ({len(failed)} failed)")
+    print(f"next: mdm compare {out}")
+    return 1 if failed else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mdm_core.compare import compare_runs
+
+    paths = [Path(p) for p in args.runs]
+    out = Path(args.out) if args.out else (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path("."))
+    comparison = compare_runs(paths, baseline=args.baseline, target_nll=args.target_nll, out_dir=out)
+    print(comparison.table_text())
+    print(f"plot: {out / 'compare.png'}   table: {out / 'compare.json'}")
+    return 0
+
+
+# -- plug-ins, components, specs ---------------------------------------------------------------
+
+
+def plugins_report() -> dict[str, Any]:
+    from mdm_core.plugins import core_version, get_registry
+
+    reg = get_registry()
+    plugins = []
+    for p in reg.plugins:
+        comps: dict[str, list[str]] = {}
+        for ref in p.components:
+            comps.setdefault(ref.kind, []).append(ref.name)
+        plugins.append({
+            "name": p.name, "distribution": p.distribution, "version": p.version, "module": p.module,
+            "error": p.error, "components": comps,
+        })
+    hooks: dict[str, list[str]] = {}
+    for name, plugin in reg.pm.list_name_plugin():
+        hooks[name] = sorted(h.name for h in reg.pm.get_hookcallers(plugin) or [])
+    conflicts = [
+        {"kind": kind, "name": name, "distributions": [p.distribution for p in owners]}
+        for (kind, name), owners in reg.conflicts.items()
+    ]
+    return {"core_version": core_version(), "plugins": plugins, "conflicts": conflicts, "hooks": hooks}
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from mdm_core.plugins import get_registry, strict
+
+    report = plugins_report()
+    if args.status:
+        report["status"] = {}
+        for result in get_registry().pm.hook.mdm_status():
+            report["status"].update(result or {})
+    if args.registry:
+        from mdm_core.registry_catalog import compare_installed, load_catalog
+
+        report["registry"] = compare_installed(load_catalog(Path(args.registry)), get_registry())
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
+    else:
+        print(f"{'distribution':28s} {'version':9s} components")
+        for p in report["plugins"]:
+            label = p["distribution"] + (" (built-in)" if p["name"] == "core" else "")
+            if p["error"]:
+                desc = f"LOAD ERROR: {p['error']} (only runs naming its components fail)"
+            else:
+                desc = " · ".join(f"{k}: {', '.join(v)}" for k, v in p["components"].items()) or "(hooks only)"
+            print(f"{label:28s} {p['version']:9s} {desc}")
+        for c in report["conflicts"]:
+            print(f"CONFLICT: {c['kind']} '{c['name']}' registered by {' and '.join(c['distributions'])}")
+        for name, line in report.get("status", {}).items():
+            print(f"status: {name}: {line}")
+        for row in report.get("registry", []):
+            print("registry: " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    bad = any(p["error"] for p in report["plugins"]) or report["conflicts"]
+    return 3 if (bad and strict()) else 0
+
+
+def cmd_components(args: argparse.Namespace) -> int:
+    from mdm_core.interfaces import KINDS
+    from mdm_core.plugins import get_registry
+
+    kind = args.kind.replace("-", "_")
+    aliases = {"data_source": "data", "time_samplers": "time_sampler", "samplers": "sampler",
+               "evaluators": "evaluator", "losses": "loss", "backbones": "backbone"}
+    kind = aliases.get(kind, kind)
+    if kind not in KINDS:
+        raise MdmError(f"components: unknown kind '{args.kind}'; kinds: {', '.join(KINDS)}", exit_code=2)
+    reg = get_registry()
+    rows = []
+    for name in reg.names(kind):
+        entry = reg.entry(kind, name)
+        row: dict[str, Any] = {"name": name, "distribution": entry.plugin.label, "summary": entry.ref.summary}
+        try:
+            cls = reg.load(kind, name)
+            row["params"] = {
+                field: {"default": repr(info.default) if not info.is_required() else "(required)",
+                        "type": getattr(info.annotation, "__name__", str(info.annotation)).replace("typing.", ""),
+                        "description": info.description or ""}
+                for field, info in cls.Params.model_fields.items()
+            }
+            row["doc"] = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else entry.ref.summary
+        except MdmError as exc:
+            row["error"] = str(exc)
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for row in rows:
+        print(f"{row['name']}  ({row['distribution']})  {row.get('doc') or row['summary']}")
+        if "error" in row:
+            print(f"    LOAD ERROR: {row['error']}")
+        for field, info in row.get("params", {}).items():
+            desc = f"  # {info['description']}" if info["description"] else ""
+            print(f"    {field}: {info['type']} = {info['default']}{desc}")
+    return 0
+
+
+def cmd_spec(args: argparse.Namespace) -> int:
+    from mdm_core.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    if args.action == "validate":
+        names = ", ".join(f"{c.kind}={c.name}" for c in spec.components.values())
+        print(f"ok: {args.spec} is valid ({names})")
+    else:
+        print(spec.to_yaml(), end="")
+    return 0
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from mdm_core.scaffold import new_plugin
+
+    path = new_plugin(args.name, args.kind, Path(args.dest))
+    print(f"wrote {path}\nnext: pip install -e {path} && pytest {path}/tests")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mdm", description="Train and evaluate masked diffusion language models.")
+    parser.add_argument("--version", action="version", version=f"mdm-core {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train from a YAML spec")
+    p.add_argument("spec", nargs="?", help="spec file (omit with --resume)")
+    p.add_argument("overrides", nargs="*", help=_overrides_help())
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--run-dir", help="write the run exactly here (default: runs/<name>-<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's last checkpoint (EMA weights if any)")
+    p.add_argument("run")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sample", help="generate text from a run")
+    p.add_argument("run")
+    p.add_argument("--num", type=int, default=4)
+    p.add_argument("--length", type=int)
+    p.add_argument("--sampler", help="sampler name (default: the run's)")
+    p.add_argument("--steps", type=int, help="sampler steps")
+    p.add_argument("--prompt", help="text the samples start with")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("sweep", help="run a grid of runs: key=a,b seed=0,1,2")
+    p.add_argument("spec")
+    p.add_argument("assignments", nargs="+", help="key=a,b,c (grid) or key=v (fixed); seed=... means trainer.seed")
+    p.add_argument("--parallel", type=int, default=1)
+    p.add_argument("--out", help="sweep directory (default runs/sweep-<time>)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("compare", help="compare runs: curves, steps and time to a target NLL, speed-up")
+    p.add_argument("runs", nargs="+", help="run directories or sweep directories")
+    p.add_argument("--baseline", help="a run directory or key=value selecting the baseline arm")
+    p.add_argument("--target-nll", type=float, help="target validation NLL (default: baseline's final)")
+    p.add_argument("--out", help="where compare.png / compare.json go")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("plugins", help="list installed plug-ins (without importing their components)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--status", action="store_true", help="also ask plug-ins for run-time status (imports them)")
+    p.add_argument("--registry", metavar="DIR", help="compare with a registry catalogue, e.g. registry/")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("components", help="components of a kind with their parameters")
+    p.add_argument("kind", help="time_sampler, forward_process, loss, backbone, sampler, evaluator, data")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_components)
+
+    p = sub.add_parser("spec", help="show or validate a spec")
+    p.add_argument("action", choices=["show", "validate"])
+    p.add_argument("spec")
+    p.add_argument("overrides", nargs="*", help=_overrides_help())
+    p.add_argument("--resolved", action="store_true", help="(default) print the composed, resolved spec")
+    p.set_defaults(func=cmd_spec)
+
+    p = sub.add_parser("new-plugin", help="scaffold a plug-in distribution that passes its own tests")
+    p.add_argument("name")
+    p.add_argument("--kind", default="time_sampler")
+    p.add_argument("--dest", default=".")
+    p.set_defaults(func=cmd_new_plugin)
+    return parser
+
+
+def _add_plugin_commands(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Plug-in sub-commands (``mdm_cli_commands``); skipped for the built-in ones to stay fast."""
+    builtin = {"train", "eval", "sample", "sweep", "compare", "plugins", "components", "spec", "new-plugin"}
+    if argv and argv[0] in builtin:
+        return
+    from mdm_core.plugins import get_registry
+
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    get_registry().pm.hook.mdm_cli_commands(subparsers=subparsers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        if argv and not argv[0].startswith("-"):
+            _add_plugin_commands(parser, argv)
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
+        return int(args.func(args) or 0)
+    except MdmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; resume with: mdm train --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
