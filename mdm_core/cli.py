@@ -28,6 +28,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mdm_core.spec import load_spec
     from mdm_core.trainer import train
 
+    run_dir: Path | None
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "resolved.yaml").is_file():

@@ -39,14 +39,17 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_BaseParams = Params
+
+
 class Component:
     """What every component shares: a registered name, its parameters, and a one-line doc."""
 
     name: ClassVar[str]
     kind: ClassVar[str]
-    Params: ClassVar[type[Params]] = Params
+    Params: ClassVar[type[_BaseParams]] = _BaseParams
 
-    def __init__(self, params: Params | None = None) -> None:
+    def __init__(self, params: _BaseParams | None = None) -> None:
         self.params = params if params is not None else type(self).Params()
 
 

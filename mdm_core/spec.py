@@ -33,6 +33,16 @@ COMPONENT_SECTIONS: dict[str, str] = {
 }
 
 
+#: Components a spec may leave out: the MDLM baseline.
+DEFAULT_COMPONENTS: dict[str, Any] = {
+    "forward_process": {"name": "absorbing"},
+    "time_sampler": {"name": "uniform"},
+    "loss": {"name": "mdlm"},
+    "sampler": {"name": "ancestral"},
+    "evaluators": [{"name": "nll"}],
+}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -184,7 +194,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, registry: Re
     """Load, compose, override, resolve and validate a spec file."""
     path = Path(path)
     overrides = list(overrides or [])
-    cfg = _read(path, [])
+    cfg = OmegaConf.merge(OmegaConf.create(DEFAULT_COMPONENTS), _read(path, []))
     for item in overrides:
         if "=" not in item:
             raise SpecError(f"{path} (override): '{item}' is not key=value; write e.g. trainer.max_steps=2000")
@@ -196,10 +206,11 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, registry: Re
         except (OmegaConfBaseException, TypeError, ValueError, IndexError) as exc:
             raise SpecError(f"{path} (override): {item}: {str(exc).splitlines()[0]}") from None
     try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        container = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
         raise SpecError(f"{path}: {str(exc).splitlines()[0]}") from None
-    assert isinstance(resolved, dict)
+    assert isinstance(container, dict)
+    resolved = {str(k): v for k, v in container.items()}
     origin = _Origin(path, overrides)
     run = _validate_run(resolved, origin)
     registry = registry or get_registry()

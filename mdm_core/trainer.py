@@ -340,7 +340,7 @@ class Trainer:
                 now = time.perf_counter()
                 tok_s = (self.tokens - window_tokens) / max(now - window_start, 1e-9)
                 window_start, window_tokens = now, self.tokens
-                metrics = {"loss": distributed.mean_across_ranks(loss, self.env), "lr": self.scheduler.get_last_lr()[0],
+                metrics = {"loss": distributed.mean_across_ranks(loss, self.env), "lr": float(self.scheduler.get_last_lr()[0]),
                            "tok_per_s": tok_s}
                 self.log({"kind": "train", "step": step, "elapsed": self.elapsed, "tokens": self.tokens, **metrics})
             final = step == self.cfg.max_steps

@@ -53,7 +53,7 @@ def test_schedules_end_points_and_dtype() -> None:
 
 
 def process(schedule: str = "loglinear", length: int = 32, size: int = 4) -> AbsorbingProcess:
-    p = AbsorbingProcess(AbsorbingProcess.Params(schedule=schedule))  # type: ignore[arg-type]
+    p = AbsorbingProcess(AbsorbingProcess.Params(schedule=schedule))
     p.setup(VOCAB, length, size, max_steps=10, seed=0)
     return p
 
@@ -77,13 +77,16 @@ def test_prompt_and_padding_never_masked_and_counted_out() -> None:
     ids[0, 7:] = VOCAB.pad_id
     prompt_len = torch.tensor([2, 0, 9])
     batch = Batch.from_ids(ids, VOCAB, prompt_len)
-    example = process(length=10, size=3).prepare(batch, FixedTimeSampler(1.0), torch.Generator().manual_seed(0))
+    example = process(length=10, size=3).prepare(
+        batch, FixedTimeSampler(1.0), torch.Generator().manual_seed(0)
+    )
     eligible = batch.attention_mask & ~batch.prompt_mask
     assert not bool((example.loss_mask & ~eligible).any())
     assert torch.equal(example.input_ids[~eligible], ids[~eligible])
     assert float(example.normaliser) == float(eligible.sum()) == 5 + 10 + 1
-    assert torch.equal(example.layout.key_padding, batch.attention_mask)
-    assert torch.equal(example.layout.prompt_len, prompt_len)
+    layout = example.layout
+    assert layout.key_padding is not None and torch.equal(layout.key_padding, batch.attention_mask)
+    assert layout.prompt_len is not None and torch.equal(layout.prompt_len, prompt_len)
     assert torch.equal(example.targets, ids)
 
 
@@ -92,7 +95,9 @@ class DoubledWeight(TimeSampler):
 
     name = "doubled"
 
-    def sample(self, shape: tuple[int, ...], generator: torch.Generator, progress: float = 0.0) -> torch.Tensor:
+    def sample(
+        self, shape: tuple[int, ...], generator: torch.Generator, progress: float = 0.0
+    ) -> torch.Tensor:
         return UniformTimeSampler().sample(shape, generator, progress)
 
     def loss_weight(self, t: torch.Tensor, progress: float = 0.0) -> torch.Tensor:

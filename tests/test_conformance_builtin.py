@@ -41,8 +41,6 @@ from mdm_core.testing import (
     check_time_sampler,
 )
 
-torch.set_num_threads(1)  # tiny tensors: threads only add contention
-
 
 @pytest.mark.parametrize(
     ("kind", "name", "cls"),
@@ -71,7 +69,7 @@ def test_uniform_time_sampler_conforms() -> None:
 
 @pytest.mark.parametrize("schedule", ["loglinear", "cosine"])
 def test_absorbing_process_conforms(schedule: str) -> None:
-    check_forward_process(lambda: AbsorbingProcess(AbsorbingProcess.Params(schedule=schedule)))  # type: ignore[arg-type]
+    check_forward_process(lambda: AbsorbingProcess(AbsorbingProcess.Params(schedule=schedule)))
 
 
 def test_mdlm_loss_conforms() -> None:
@@ -80,7 +78,9 @@ def test_mdlm_loss_conforms() -> None:
 
 @pytest.mark.parametrize("uses_time", [False, True])
 def test_kit_backbone_conforms(uses_time: bool) -> None:
-    check_backbone(lambda vocab, length: TinyBackbone(TinyBackbone.Params(uses_time=uses_time), vocab, length))
+    check_backbone(
+        lambda vocab, length: TinyBackbone(TinyBackbone.Params(uses_time=uses_time), vocab, length)
+    )
 
 
 @pytest.mark.parametrize(

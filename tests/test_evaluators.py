@@ -24,8 +24,6 @@ from mdm_core.interfaces import (
 )
 from mdm_core.testing import TinyBackbone
 
-torch.set_num_threads(1)  # tiny tensors: threads only add contention
-
 SYMBOLS = "abcd"
 
 

@@ -14,8 +14,6 @@ from mdm_core.errors import MdmError
 from mdm_core.interfaces import AttentionLayout, Backbone, KVCache, SamplingContext, Vocab
 from mdm_core.testing import TinyBackbone
 
-torch.set_num_threads(1)  # tiny tensors: threads only add contention
-
 VOCAB = Vocab(size=6, pad_id=4, mask_id=5)
 CTX = SamplingContext(vocab=VOCAB, device=torch.device("cpu"))
 
@@ -137,7 +135,13 @@ def test_prompt_errors_are_clear() -> None:
         sampler.generate(model, CTX, 1, 4, generator(), prompt=torch.zeros((1, 4), dtype=torch.long))
     with pytest.raises(MdmError, match="regular ids"):
         sampler.generate(
-            model, CTX, 1, 4, generator(), torch.full((1, 4), VOCAB.mask_id), torch.ones((1, 4), dtype=torch.bool)
+            model,
+            CTX,
+            1,
+            4,
+            generator(),
+            torch.full((1, 4), VOCAB.mask_id),
+            torch.ones((1, 4), dtype=torch.bool),
         )
 
 
@@ -160,7 +164,7 @@ def confidence_table() -> Tensor:
 @pytest.mark.parametrize(("confidence", "expected"), [("max_prob", [2, 0, 1]), ("margin", [2, 1, 0])])
 def test_confidence_sampler_reveals_most_confident_first(confidence: str, expected: list[int]) -> None:
     model = Table(confidence_table(), VOCAB)
-    params = ConfidenceSampler.Params(steps=3, confidence=confidence)  # type: ignore[arg-type]
+    params = ConfidenceSampler.Params(steps=3, confidence=confidence)
     out = ConfidenceSampler(params).generate(model, CTX, 2, 3, generator())
     assert out.nfe == 3
     assert reveal_order(model, out.tokens) == expected
@@ -181,6 +185,9 @@ def test_confidence_sampler_low_temperature_matches_argmax_and_is_seeded() -> No
     cold = ConfidenceSampler(ConfidenceSampler.Params(steps=4, temperature=1e-4))
     assert torch.equal(cold.generate(model, CTX, 3, 7, generator(5)).tokens, argmax.tokens)
     warm = ConfidenceSampler(ConfidenceSampler.Params(steps=4, temperature=2.0))
-    first, second = warm.generate(model, CTX, 3, 7, generator(5)), warm.generate(model, CTX, 3, 7, generator(5))
+    first, second = (
+        warm.generate(model, CTX, 3, 7, generator(5)),
+        warm.generate(model, CTX, 3, 7, generator(5)),
+    )
     assert torch.equal(first.tokens, second.tokens)
     assert bool((first.tokens < VOCAB.num_regular).all())

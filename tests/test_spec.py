@@ -49,7 +49,7 @@ def test_misspelled_component_name_suggests(tiny_spec: Path) -> None:
         load_spec(tiny_spec, ["time_sampler.name=unifrom"])
     msg = str(info.value)
     assert "no time sampler called 'unifrom'" in msg and "did you mean 'uniform'" in msg
-    assert "installed: uniform (mdm-core" in msg
+    assert "uniform (mdm-core" in msg and "installed:" in msg
 
 
 def test_unknown_component_parameter_lists_parameters(tiny_spec: Path) -> None:

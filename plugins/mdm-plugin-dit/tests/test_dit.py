@@ -254,7 +254,7 @@ def test_arbitrary_mask_is_respected(seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     allowed = (torch.rand(8, 8, generator=gen) < 0.3) | torch.eye(8, dtype=torch.bool)
     flow = influence(model, ids(1, 8, seed), layout=AttentionLayout(kind="mask", mask=allowed[None]))
-    assert not (flow & ~reachable(allowed, model.p.layers)).any()
+    assert not (flow & ~reachable(allowed, model.params.layers)).any()
     assert flow[allowed].all()
 
 

@@ -2,8 +2,8 @@
 
 The bell families are truncated to [eps, 1] (the times the forward process accepts), so every law
 here integrates to exactly 1 on that interval and draws never need clipping. The mixture with the
-uniform law has no closed-form inverse CDF; it is inverted numerically (Newton safeguarded by bisection on
-its monotone CDF), so the draws follow the mixture exactly (to float64 resolution) and stay stratified.
+uniform law has no closed-form inverse CDF; it is inverted numerically (bracketed Newton on its monotone
+CDF, to 1e-13 in probability), so the draws follow the mixture and stay stratified.
 Special functions come from scipy (``betainc``/``betaincinv`` for the Beta law).
 """
 
@@ -18,9 +18,10 @@ from scipy import special
 
 Array = NDArray[np.float64]
 
-#: Cap on safeguarded Newton steps; every step at least halves the bracket when Newton fails, and
-#: 2**-64 of a unit interval is below float64 spacing anywhere in [1e-6, 1].
-_MAX_STEPS = 64
+#: Accuracy of the mixture's inverse CDF, measured in CDF units (far below any stratum width 1/n).
+_CDF_TOL = 1e-13
+#: Cap on root-finding steps; every third fallback is a bisection, so the bracket always shrinks.
+_MAX_STEPS = 200
 
 
 class Law(abc.ABC):
@@ -47,10 +48,11 @@ class Beta(Law):
         return np.asarray(special.betainc(self.a, self.b, np.clip(t, 0.0, 1.0)))
 
     def pdf(self, t: Array) -> Array:
-        inside = (t > 0.0) & (t < 1.0)
-        x = np.where(inside, t, 0.5)
-        log_p = (self.a - 1) * np.log(x) + (self.b - 1) * np.log1p(-x) - special.betaln(self.a, self.b)
-        return np.where(inside, np.exp(log_p), 0.0)
+        # xlogy / xlog1py give the right limits at t = 0 and t = 1 (0, a finite value, or +inf).
+        x = np.clip(t, 0.0, 1.0)
+        with np.errstate(divide="ignore"):
+            log_p = special.xlogy(self.a - 1, x) + special.xlog1py(self.b - 1, -x)
+        return np.where(x == t, np.exp(log_p - special.betaln(self.a, self.b)), 0.0)
 
     def icdf(self, u: Array) -> Array:
         return np.asarray(special.betaincinv(self.a, self.b, u))
@@ -159,20 +161,28 @@ class UniformMixture(Law):
             return self.bell.icdf(u)
         if self.rho == 1.0:
             return self.uniform.icdf(u)
-        # The mixture's quantile lies between its components' quantiles: a bracket for a
-        # safeguarded Newton iteration (a Newton step leaving the bracket becomes a bisection).
+        # The mixture's quantile lies between its components' quantiles: a bracket for Newton
+        # steps; a step that leaves the bracket falls back to false position, then to bisection.
         q_bell, q_unif = self.bell.icdf(u), self.uniform.icdf(u)
         lo, hi = np.minimum(q_bell, q_unif), np.maximum(q_bell, q_unif)
+        err_lo, err_hi = self.cdf(lo) - u, self.cdf(hi) - u
         x = 0.5 * (lo + hi)
-        for _ in range(_MAX_STEPS):
+        for step in range(_MAX_STEPS):
             err = self.cdf(x) - u
-            lo, hi = np.where(err < 0, x, lo), np.where(err > 0, x, hi)
+            if np.all(np.abs(err) <= _CDF_TOL):
+                break
+            left = err < 0
+            lo, err_lo = np.where(left, x, lo), np.where(left, err, err_lo)
+            hi, err_hi = np.where(left, hi, x), np.where(left, err_hi, err)
             with np.errstate(divide="ignore", invalid="ignore"):
                 newton = x - err / self.pdf(x)
-            inside = np.isfinite(newton) & (newton > lo) & (newton < hi)
-            x_next = np.where(err == 0, x, np.where(inside, newton, 0.5 * (lo + hi)))
-            converged = np.all(np.abs(x_next - x) <= 2 * np.spacing(x))
-            x = x_next
-            if converged:
-                break
+                secant = lo - err_lo * (hi - lo) / (err_hi - err_lo)
+            fallback = secant if step % 3 < 2 else 0.5 * (lo + hi)
+            fallback = np.where(_strictly_inside(fallback, lo, hi), fallback, 0.5 * (lo + hi))
+            x_next = np.where(_strictly_inside(newton, lo, hi), newton, fallback)
+            x = np.where(np.abs(err) <= _CDF_TOL, x, x_next)
         return x
+
+
+def _strictly_inside(x: Array, lo: Array, hi: Array) -> NDArray[np.bool_]:
+    return np.isfinite(x) & (x > lo) & (x < hi)

@@ -225,11 +225,11 @@ class DiT(Backbone):
 
     name = "dit"
     Params = DiTParams
+    params: DiTParams
 
     def __init__(self, params: DiTParams | None, vocab: Vocab, max_len: int) -> None:
         super().__init__(params, vocab, max_len)
-        p = params if params is not None else DiTParams()
-        self.p = p
+        p = self.params
         self.uses_time = p.time_conditioning
         self.head_dim = p.dim // p.heads
         self.embed = nn.Embedding(vocab.size, p.dim)
@@ -283,7 +283,7 @@ class DiT(Backbone):
                 )
             past = kv_cache.length
         positions = self._positions(position_ids, length, past, device)
-        rope = _rotary_tables(positions, self.head_dim, self.p.rope_base)
+        rope = _rotary_tables(positions, self.head_dim, self.params.rope_base)
         mask = attention_mask(layout, length, past + length, device)
         cond, block_index = self._conditioning(time_cond, positions)
         cond = F.silu(cond)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from functools import cache
 
 TRITON_GPU = "triton (GPU)"
 TRITON_INTERPRETER = "triton interpreter (TRITON_INTERPRET=1)"
@@ -23,7 +24,9 @@ def interpreter_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE
 
 
+@cache
 def triton_installed() -> bool:
+    """Whether Triton can be imported (looked up once: a search of sys.path costs ~0.1 ms)."""
     return importlib.util.find_spec("triton") is not None
 
 
