@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     impls = implementations(use_compile)
     path = fused_path(device)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, no GPU")
+        f"{platform.processor() or platform.machine()}, torch threads: {torch.get_num_threads()}, no GPU")
     print(f"# B3 fused loss — {machine}; fused path: {path}; torch {torch.__version__}")
     if device.type != "cuda":
         print("# GPU figures not measured: no GPU here. Peak memory is GPU-only (n/a).")

@@ -227,6 +227,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 3 if (bad and strict()) else 0
 
 
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
 def cmd_components(args: argparse.Namespace) -> int:
     from mdm_core.interfaces import KINDS
     from mdm_core.plugins import get_registry
@@ -246,7 +252,7 @@ def cmd_components(args: argparse.Namespace) -> int:
             cls = reg.load(kind, name)
             row["params"] = {
                 field: {"default": repr(info.default) if not info.is_required() else "(required)",
-                        "type": getattr(info.annotation, "__name__", str(info.annotation)).replace("typing.", ""),
+                        "type": _type_name(info.annotation),
                         "description": info.description or ""}
                 for field, info in cls.Params.model_fields.items()
             }

@@ -134,7 +134,7 @@ class AttentionLayout:
             if self.mask is None:
                 raise ValueError("mask layout needs a mask tensor")
             allowed = self.mask
-        if self.key_padding is not None:
+        if self.key_padding is not None and not bool(self.key_padding.all()):
             keys = self.key_padding[:, None, :]
             allowed = keys if allowed is None else allowed & keys
             # A fully padded query row would attend to nothing; let it see itself (its output is

@@ -50,10 +50,11 @@ def cached_arrays(
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
+            # numpy types **kwds as its bool keyword; the arrays are plain ndarrays.
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
     except OSError as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        warnings.warn(f"could not write the task cache {path} ({exc}); data will be regenerated", stacklevel=2)
+        warnings.warn(f"could not write the task cache {path} ({exc}); it will be regenerated", stacklevel=2)
     return arrays

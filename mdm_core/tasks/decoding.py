@@ -28,7 +28,7 @@ def decode_responses(ctx: EvalContext, max_rows: int) -> Iterator[tuple[Batch, T
     """
     dataset = ctx.dataset.select(range(min(max_rows, len(ctx.dataset))))
     if "prompt_len" not in dataset.column_names:
-        raise MdmError("task evaluators need a dataset with a prompt_len column (the task data sources have one)")
+        raise MdmError("task evaluators need a dataset with a prompt_len column (as the task sources give)")
     rank, world = rank_and_world()
     first = rank * len(dataset) // world
     sampling = SamplingContext(vocab=ctx.vocab, device=ctx.device, alpha=ctx.forward_process.alpha)
@@ -36,9 +36,8 @@ def decode_responses(ctx: EvalContext, max_rows: int) -> Iterator[tuple[Batch, T
     for k, batch in enumerate(batches):
         size, length = batch.input_ids.shape
         generator = batch_generator(ctx.seed, first + k * ctx.batch_size)
-        out = ctx.sampler.generate(
-            ctx.model, sampling, size, length, generator, prompt=batch.input_ids, prompt_mask=batch.prompt_mask
-        )
+        prompt, prompt_mask = batch.input_ids, batch.prompt_mask
+        out = ctx.sampler.generate(ctx.model, sampling, size, length, generator, prompt, prompt_mask)
         yield batch, out.tokens.to(batch.input_ids.device)
 
 

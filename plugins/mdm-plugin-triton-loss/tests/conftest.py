@@ -14,8 +14,6 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="session")
 def device() -> torch.device:

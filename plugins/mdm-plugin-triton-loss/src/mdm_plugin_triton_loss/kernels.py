@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 #: Largest chunk of a row one program holds at a time; any V is covered by looping.
 MAX_BLOCK_V = 4096
@@ -149,6 +150,7 @@ class FusedSubsNLL(torch.autograd.Function):
         return wnll.sum()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         logits, flat_mask, targets, weights, lse = ctx.saved_tensors
         mask_id, pad_id, block_v = ctx.ids

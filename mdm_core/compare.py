@@ -1,0 +1,457 @@
+"""``mdm compare``: group runs into arms, measure steps and time to a target NLL, and the speed-up.
+
+Runs are grouped into *arms* by their resolved spec minus the seed and the run's name and paths; an
+arm is labelled by the fewest spec keys that tell the arms apart (``time_sampler.name=bell``).
+The numbers follow BENCHMARKS.md B1:
+
+* the *target* is ``--target-nll`` or, by default, the baseline arm's final validation NLL (the
+  last point of its seed-mean curve);
+* an arm's *steps to target* is where its seed-mean validation curve (the mean over seeds at each
+  evaluation step they share) first reaches the target, interpolating linearly between the two
+  evaluations around the crossing; *time to target* uses the same fraction on the elapsed-seconds
+  axis. The ± is the spread of the same quantity over the individual seeds;
+* *speed-up* = baseline steps to target / arm steps to target.
+
+An arm that never reaches the target shows "not reached", never an extrapolated number.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+from mdm_core.errors import MdmError
+from mdm_core.runs import read_metrics
+
+#: Spec keys that never distinguish arms: the seed (it makes the spread) and naming/paths.
+IGNORED_KEYS = frozenset({"trainer.seed", "name", "description", "out_dir", "requires"})
+NLL = "val/nll"
+
+
+@dataclass
+class Run:
+    """One run directory: its flattened resolved spec and its validation curve."""
+
+    path: Path
+    config: dict[str, Any]
+    steps: list[int]
+    elapsed: list[float]
+    nll: list[float]
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("trainer.seed")
+
+    @property
+    def arm_key(self) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((k, json.dumps(v)) for k, v in self.config.items() if not _ignored(k)))
+
+
+@dataclass
+class Crossing:
+    """Where a curve first reaches the target (None: it never does)."""
+
+    step: float | None
+    seconds: float | None
+
+
+@dataclass
+class Arm:
+    """Runs that differ only by seed, with their seed-mean curve and the figures derived from it."""
+
+    label: str
+    keys: dict[str, Any]
+    runs: list[Run]
+    steps: list[int] = field(default_factory=list)
+    elapsed: list[float] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    low: list[float] = field(default_factory=list)
+    high: list[float] = field(default_factory=list)
+    crossing: Crossing = field(default_factory=lambda: Crossing(None, None))
+    per_seed: list[Crossing] = field(default_factory=list)
+    speedup: float | None = None
+    time_speedup: float | None = None
+
+    @property
+    def finals(self) -> list[float]:
+        return [r.nll[-1] for r in self.runs]
+
+    @property
+    def reached(self) -> int:
+        return sum(c.step is not None for c in self.per_seed)
+
+    def seed_spread(self, attr: str) -> float | None:
+        """Std over seeds of steps/seconds to target, when every seed reached it."""
+        values = [getattr(c, attr) for c in self.per_seed]
+        if len(values) < 2 or any(v is None for v in values):
+            return None
+        return statistics.stdev(values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "keys": self.keys,
+            "runs": [str(r.path) for r in self.runs],
+            "seeds": [r.seed for r in self.runs],
+            "final_nll": {
+                "mean": statistics.fmean(self.finals),
+                "std": _std(self.finals),
+                "per_seed": self.finals,
+            },
+            "steps_to_target": {
+                "mean_curve": self.crossing.step,
+                "per_seed": [c.step for c in self.per_seed],
+                "std": self.seed_spread("step"),
+                "reached": f"{self.reached}/{len(self.runs)}",
+            },
+            "seconds_to_target": {
+                "mean_curve": self.crossing.seconds,
+                "per_seed": [c.seconds for c in self.per_seed],
+                "std": self.seed_spread("seconds"),
+            },
+            "speedup": self.speedup,
+            "time_speedup": self.time_speedup,
+            "curve": {"step": self.steps, "elapsed": self.elapsed, "mean": self.mean, "min": self.low,
+                      "max": self.high},
+        }
+
+
+@dataclass
+class Comparison:
+    """The arms, the baseline and the target, as a table, a JSON record and a plot."""
+
+    arms: list[Arm]
+    baseline: Arm
+    target: float
+    target_source: str
+    notes: list[str] = field(default_factory=list)
+
+    def table_text(self) -> str:
+        target = f"{self.target:.3f}"
+        header = ["arm", "seeds", "final val_nll", f"steps to {target}", f"time to {target}", "speed-up"]
+        rows = [header]
+        for arm in self.arms:
+            finals = arm.finals
+            rows.append([
+                arm.label + (" (baseline)" if arm is self.baseline else ""),
+                str(len(arm.runs)),
+                f"{statistics.fmean(finals):.3f} ± {_std(finals):.3f}",
+                _reach_text(arm, "step", lambda v: f"{v:.0f}"),
+                _reach_text(arm, "seconds", format_seconds),
+                "—" if arm.speedup is None else f"{arm.speedup:.2f}×",
+            ])
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = ["   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+        lines.append(
+            f"target {target} nats/token: {self.target_source}; steps and time: first crossing of the "
+            "seed-mean curve (linear between evaluations), ± over seeds"
+        )
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "target_source": self.target_source,
+            "baseline": self.baseline.label,
+            "arms": [arm.to_json() for arm in self.arms],
+            "notes": self.notes,
+        }
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def load_runs(paths: Sequence[Path]) -> tuple[list[Run], list[str]]:
+    """Run directories, sweep directories (their points) or folders of runs → runs with a val curve."""
+    if not paths:
+        raise MdmError("compare: name at least one run or sweep directory", exit_code=2)
+    runs: list[Run] = []
+    notes: list[str] = []
+    seen: set[Path] = set()
+    for path in map(Path, paths):
+        for run_dir in _run_dirs(path, notes):
+            if run_dir.resolve() in seen:
+                continue
+            seen.add(run_dir.resolve())
+            run = _load_run(run_dir)
+            if run is None:
+                notes.append(f"{run_dir}: no validation NLL recorded yet; left out")
+            else:
+                runs.append(run)
+    if not runs:
+        raise MdmError("compare: none of the runs has a validation NLL yet", exit_code=1)
+    return runs, notes
+
+
+def _run_dirs(path: Path, notes: list[str]) -> list[Path]:
+    if (path / "sweep.json").is_file():
+        sweep = json.loads((path / "sweep.json").read_text())
+        found = []
+        for point in sweep.get("points", []):
+            run_dir = path / point["run_dir"]
+            if (run_dir / "resolved.yaml").is_file():
+                found.append(run_dir)
+            else:
+                notes.append(f"sweep point {point['label']} has no run (exit code {point.get('exit_code')})")
+        return found
+    if (path / "resolved.yaml").is_file():
+        return [path]
+    if path.is_dir():
+        children = sorted(p for p in path.iterdir() if (p / "resolved.yaml").is_file())
+        if children:
+            return children
+    raise MdmError(
+        f"compare: {path} is not a run directory (no resolved.yaml), a sweep directory (no sweep.json) "
+        "or a folder of runs",
+        exit_code=2,
+    )
+
+
+def _load_run(run_dir: Path) -> Run | None:
+    try:
+        metrics = read_metrics(run_dir)
+    except json.JSONDecodeError as exc:
+        raise MdmError(f"compare: {run_dir}/metrics.jsonl is not JSON lines: {exc}") from exc
+    evals = sorted((m for m in metrics if m.get("kind") == "eval" and NLL in m), key=lambda m: m["step"])
+    if not evals:
+        return None
+    resolved = OmegaConf.to_container(OmegaConf.load(run_dir / "resolved.yaml"), resolve=True)
+    return Run(
+        path=run_dir,
+        config=_flatten(resolved),
+        steps=[int(m["step"]) for m in evals],
+        elapsed=[float(m["elapsed"]) for m in evals],
+        nll=[float(m[NLL]) for m in evals],
+    )
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list):
+        items = list(enumerate(value))
+    else:
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in items:
+        out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _ignored(key: str) -> bool:
+    return key in IGNORED_KEYS or key.split(".")[0] in IGNORED_KEYS
+
+
+# -- grouping ------------------------------------------------------------------------------------
+
+
+def group_arms(runs: Sequence[Run]) -> list[Arm]:
+    """Arms in the order their first run was given, labelled by the keys that tell them apart."""
+    groups: dict[tuple[tuple[str, str], ...], list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.arm_key, []).append(run)
+    configs = [{k: v for k, v in members[0].config.items() if not _ignored(k)} for members in groups.values()]
+    chosen = _distinguishing_keys(configs)
+    arms = []
+    for config, members in zip(configs, groups.values(), strict=True):
+        keys = {k: config[k] for k in chosen if k in config}
+        label = ",".join(f"{k}={_text(v)}" for k, v in keys.items()) or "(defaults)"
+        arms.append(Arm(label, keys, members))
+    return arms
+
+
+def _distinguishing_keys(configs: list[dict[str, Any]]) -> list[str]:
+    """Greedy: add keys (component names first) while they split the arms further."""
+    if len(configs) < 2:
+        return []
+    differing = {k for c in configs for k in c if len({_signature(d, [k]) for d in configs}) > 1}
+    order = sorted(differing, key=lambda k: (not k.endswith(".name"), k.count("."), k))
+    chosen: list[str] = []
+    classes = 1
+    for key in order:
+        trial = [*chosen, key]
+        count = len({_signature(c, trial) for c in configs})
+        if count > classes:
+            chosen, classes = trial, count
+        if classes == len(configs):
+            break
+    return chosen
+
+
+def _signature(config: dict[str, Any], keys: Sequence[str]) -> tuple[str, ...]:
+    return tuple(json.dumps(config[k]) if k in config else "<unset>" for k in keys)
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
+
+
+def select_baseline(arms: Sequence[Arm], baseline: str | None) -> Arm:
+    """``None``: the arm of the first run given; a run directory; or ``key=value[,key=value]``."""
+    if baseline is None:
+        return arms[0]
+    if Path(baseline).is_dir():
+        target = Path(baseline).resolve()
+        for arm in arms:
+            if any(r.path.resolve() == target for r in arm.runs):
+                return arm
+        raise MdmError(f"--baseline {baseline}: that run is not among the runs compared", exit_code=2)
+    if "=" not in baseline:
+        raise MdmError(
+            f"--baseline {baseline}: neither a run directory nor key=value (e.g. time_sampler.name=uniform)",
+            exit_code=2,
+        )
+    wanted = [part.partition("=")[::2] for part in baseline.split(",")]
+    matches = [a for a in arms if all(_matches(a.runs[0].config, k.strip(), v.strip()) for k, v in wanted)]
+    if len(matches) != 1:
+        found = "no arm" if not matches else f"{len(matches)} arms"
+        listing = "\n       ".join(a.label for a in arms)
+        raise MdmError(f"--baseline {baseline}: matches {found}; arms are:\n       {listing}", exit_code=2)
+    return matches[0]
+
+
+def _matches(config: dict[str, Any], key: str, text: str) -> bool:
+    if key not in config:
+        return False
+    value = config[key]
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError:
+        parsed = text
+    return bool(parsed == value or text == _text(value))
+
+
+# -- curves and figures --------------------------------------------------------------------------
+
+
+def cross(steps: Sequence[float], seconds: Sequence[float], nll: Sequence[float], target: float) -> Crossing:
+    """First point where ``nll`` ≤ target, linear between the evaluation before and the one at it."""
+    for i, value in enumerate(nll):
+        if value <= target:
+            if i == 0:
+                return Crossing(float(steps[0]), float(seconds[0]))
+            frac = (nll[i - 1] - target) / (nll[i - 1] - value)
+            return Crossing(
+                steps[i - 1] + frac * (steps[i] - steps[i - 1]),
+                seconds[i - 1] + frac * (seconds[i] - seconds[i - 1]),
+            )
+    return Crossing(None, None)
+
+
+def _mean_curve(arm: Arm) -> None:
+    shared = sorted(set.intersection(*(set(r.steps) for r in arm.runs)))
+    if not shared:
+        raise MdmError(
+            f"compare: the runs of arm {arm.label} share no evaluation step; give them the same evaluator "
+            "schedule (evaluators.*.every)"
+        )
+    columns = [[r.nll[r.steps.index(s)] for r in arm.runs] for s in shared]
+    arm.steps = shared
+    arm.elapsed = [statistics.fmean(r.elapsed[r.steps.index(s)] for r in arm.runs) for s in shared]
+    arm.mean = [statistics.fmean(c) for c in columns]
+    arm.low = [min(c) for c in columns]
+    arm.high = [max(c) for c in columns]
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return None if num is None or den is None or den <= 0 else num / den
+
+
+def compare_runs(
+    paths: Sequence[Path],
+    baseline: str | None = None,
+    target_nll: float | None = None,
+    out_dir: Path | None = None,
+) -> Comparison:
+    """Compare runs as arms (see the module docstring); write compare.json and compare.png to out_dir."""
+    runs, notes = load_runs(paths)
+    arms = group_arms(runs)
+    for arm in arms:
+        _mean_curve(arm)
+    base = select_baseline(arms, baseline)
+    if target_nll is None:
+        target, source = base.mean[-1], f"final val_nll of the baseline ({base.label})"
+    else:
+        target, source = float(target_nll), "--target-nll"
+    for arm in arms:
+        arm.crossing = cross(arm.steps, arm.elapsed, arm.mean, target)
+        arm.per_seed = [cross(r.steps, r.elapsed, r.nll, target) for r in arm.runs]
+    for arm in arms:
+        arm.speedup = _ratio(base.crossing.step, arm.crossing.step)
+        arm.time_speedup = _ratio(base.crossing.seconds, arm.crossing.seconds)
+    if base.crossing.step is None:
+        notes.append("the baseline never reaches the target, so no speed-up can be given")
+    comparison = Comparison(arms, base, target, source, notes)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "compare.json").write_text(json.dumps(comparison.to_json(), indent=1) + "\n")
+        plot_comparison(comparison, out_dir / "compare.png")
+    return comparison
+
+
+def plot_comparison(comparison: Comparison, path: Path) -> Path:
+    """Two panels (NLL vs steps, NLL vs wall-clock): seed-mean line, min–max band, target line."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
+
+    fig = Figure(figsize=(11, 4.2))
+    by_step, by_time = fig.subplots(1, 2, sharey=True)
+    longest = max(max(arm.elapsed) for arm in comparison.arms)
+    scale, unit = (60.0, "minutes") if longest > 180 else (1.0, "seconds")
+    for i, arm in enumerate(comparison.arms):
+        color = f"C{i % 10}"
+        label = f"{arm.label} ({len(arm.runs)} seeds)"
+        minutes = [e / scale for e in arm.elapsed]
+        for ax, x in ((by_step, arm.steps), (by_time, minutes)):
+            ax.plot(x, arm.mean, color=color, lw=1.6, label=label)
+            if len(arm.runs) > 1:
+                ax.fill_between(x, arm.low, arm.high, color=color, alpha=0.2, lw=0)
+    for ax in (by_step, by_time):
+        ax.axhline(comparison.target, color="k", ls="--", lw=1, label=f"target {comparison.target:.3f}")
+        ax.grid(alpha=0.3)
+    by_step.set_xlabel("step")
+    by_time.set_xlabel(f"wall-clock ({unit})")
+    by_step.set_ylabel("val NLL, nats/token (uniform-t NELBO)")
+    by_step.set_title("validation NLL vs steps (mean, min–max over seeds)")
+    by_time.set_title("validation NLL vs wall-clock")
+    by_step.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+# -- text ----------------------------------------------------------------------------------------
+
+
+def _std(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _reach_text(arm: Arm, attr: str, fmt: Any) -> str:
+    value = getattr(arm.crossing, attr)
+    if value is None:
+        return "not reached" + (f" ({arm.reached}/{len(arm.runs)} seeds did)" if arm.reached else "")
+    spread = arm.seed_spread(attr)
+    if spread is not None:
+        return f"{fmt(value)} ± {fmt(spread)}"
+    if len(arm.runs) > 1:
+        return f"{fmt(value)} ({arm.reached}/{len(arm.runs)} seeds)"
+    return fmt(value)
+
+
+def format_seconds(seconds: float) -> str:
+    """``42s``, ``10m31s``, ``2h05m``."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
