@@ -51,7 +51,7 @@ def unflatten(tensors: dict[str, torch.Tensor], plain: dict[str, Any], prefix: s
     for dotted, tensor in tensors.items():
         if not dotted.startswith(prefix):
             continue
-        parts = dotted[len(prefix):].split(".")
+        parts = dotted[len(prefix) :].split(".")
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
@@ -62,7 +62,9 @@ def unflatten(tensors: dict[str, torch.Tensor], plain: dict[str, Any], prefix: s
 def _restore_int_keys(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
-    return {(int(k) if isinstance(k, str) and k.isdigit() else k): _restore_int_keys(v) for k, v in node.items()}
+    return {
+        (int(k) if isinstance(k, str) and k.isdigit() else k): _restore_int_keys(v) for k, v in node.items()
+    }
 
 
 def save_checkpoint(
@@ -81,7 +83,10 @@ def save_checkpoint(
     tmp.mkdir()
     meta: dict[str, Any] = {"step": step, "weights": sorted(weights), "groups": {}}
     for name, flat in weights.items():
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in flat.items()}, str(tmp / f"{name}.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous().clone() for k, v in flat.items()},
+            str(tmp / f"{name}.safetensors"),
+        )
     for name, state in groups.items():
         tensors, plain = flatten(state)
         save_file(tensors, str(tmp / f"{name}.safetensors"))
@@ -113,5 +118,7 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, dict[str, torch.Tensor]]
             for name, plain in meta["groups"].items()
         }
     except (OSError, ValueError, KeyError) as exc:
-        raise MdmError(f"checkpoint {path} is unreadable ({exc}); delete it to fall back to an older one") from exc
+        raise MdmError(
+            f"checkpoint {path} is unreadable ({exc}); delete it to fall back to an older one"
+        ) from exc
     return int(meta["step"]), weights, groups

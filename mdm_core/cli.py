@@ -180,10 +180,16 @@ def plugins_report() -> dict[str, Any]:
         comps: dict[str, list[str]] = {}
         for ref in p.components:
             comps.setdefault(ref.kind, []).append(ref.name)
-        plugins.append({
-            "name": p.name, "distribution": p.distribution, "version": p.version, "module": p.module,
-            "error": p.error, "components": comps,
-        })
+        plugins.append(
+            {
+                "name": p.name,
+                "distribution": p.distribution,
+                "version": p.version,
+                "module": p.module,
+                "error": p.error,
+                "components": comps,
+            }
+        )
     hooks: dict[str, list[str]] = {}
     for name, plugin in reg.pm.list_name_plugin():
         hooks[name] = sorted(h.name for h in reg.pm.get_hookcallers(plugin) or [])
@@ -215,7 +221,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             if p["error"]:
                 desc = f"LOAD ERROR: {p['error']} (only runs naming its components fail)"
             else:
-                desc = " · ".join(f"{k}: {', '.join(v)}" for k, v in p["components"].items()) or "(hooks only)"
+                desc = (
+                    " · ".join(f"{k}: {', '.join(v)}" for k, v in p["components"].items()) or "(hooks only)"
+                )
             print(f"{label:28s} {p['version']:9s} {desc}")
         for c in report["conflicts"]:
             print(f"CONFLICT: {c['kind']} '{c['name']}' registered by {' and '.join(c['distributions'])}")
@@ -238,8 +246,14 @@ def cmd_components(args: argparse.Namespace) -> int:
     from mdm_core.plugins import get_registry
 
     kind = args.kind.replace("-", "_")
-    aliases = {"data_source": "data", "time_samplers": "time_sampler", "samplers": "sampler",
-               "evaluators": "evaluator", "losses": "loss", "backbones": "backbone"}
+    aliases = {
+        "data_source": "data",
+        "time_samplers": "time_sampler",
+        "samplers": "sampler",
+        "evaluators": "evaluator",
+        "losses": "loss",
+        "backbones": "backbone",
+    }
     kind = aliases.get(kind, kind)
     if kind not in KINDS:
         raise MdmError(f"components: unknown kind '{args.kind}'; kinds: {', '.join(KINDS)}", exit_code=2)
@@ -251,9 +265,11 @@ def cmd_components(args: argparse.Namespace) -> int:
         try:
             cls = reg.load(kind, name)
             row["params"] = {
-                field: {"default": repr(info.default) if not info.is_required() else "(required)",
-                        "type": _type_name(info.annotation),
-                        "description": info.description or ""}
+                field: {
+                    "default": repr(info.default) if not info.is_required() else "(required)",
+                    "type": _type_name(info.annotation),
+                    "description": info.description or "",
+                }
                 for field, info in cls.Params.model_fields.items()
             }
             row["doc"] = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else entry.ref.summary
@@ -297,7 +313,9 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mdm", description="Train and evaluate masked diffusion language models.")
+    parser = argparse.ArgumentParser(
+        prog="mdm", description="Train and evaluate masked diffusion language models."
+    )
     parser.add_argument("--version", action="version", version=f"mdm-core {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -326,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run a grid of runs: key=a,b seed=0,1,2")
     p.add_argument("spec")
-    p.add_argument("assignments", nargs="+", help="key=a,b,c (grid) or key=v (fixed); seed=... means trainer.seed")
+    p.add_argument(
+        "assignments", nargs="+", help="key=a,b,c (grid) or key=v (fixed); seed=... means trainer.seed"
+    )
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--out", help="sweep directory (default runs/sweep-<time>)")
     p.set_defaults(func=cmd_sweep)
@@ -340,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list installed plug-ins (without importing their components)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--status", action="store_true", help="also ask plug-ins for run-time status (imports them)")
+    p.add_argument(
+        "--status", action="store_true", help="also ask plug-ins for run-time status (imports them)"
+    )
     p.add_argument("--registry", metavar="DIR", help="compare with a registry catalogue, e.g. registry/")
     p.set_defaults(func=cmd_plugins)
 

@@ -14,8 +14,8 @@ Data flow of one training step::
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field, replace
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 import torch

@@ -20,7 +20,9 @@ def plot_curves(run_dir: Path, floor: float | None = None) -> Path:
     if train:
         ax.plot([m["step"] for m in train], [m["loss"] for m in train], lw=1, alpha=0.6, label="train loss")
     if evals:
-        ax.plot([m["step"] for m in evals], [m["val/nll"] for m in evals], "o-", label="val NLL (uniform-t NELBO)")
+        ax.plot(
+            [m["step"] for m in evals], [m["val/nll"] for m in evals], "o-", label="val NLL (uniform-t NELBO)"
+        )
     if floor is not None:
         ax.axhline(floor, color="k", ls="--", lw=1, label=f"entropy floor {floor:.3f}")
     ax.set_xlabel("step")

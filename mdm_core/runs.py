@@ -37,7 +37,9 @@ def new_run_dir(out_dir: str | Path, name: str) -> Path:
 def write_run_files(run_dir: Path, spec: ResolvedSpec, registry: Registry, env: dict[str, Any]) -> None:
     (run_dir / "spec.yaml").write_text(spec.raw_text)
     (run_dir / "resolved.yaml").write_text(spec.to_yaml())
-    (run_dir / "overrides.json").write_text(json.dumps({"source": spec.source, "overrides": spec.overrides}, indent=1))
+    (run_dir / "overrides.json").write_text(
+        json.dumps({"source": spec.source, "overrides": spec.overrides}, indent=1)
+    )
     (run_dir / "plugins.lock").write_text(plugin_lock(spec, registry))
     (run_dir / "env.json").write_text(json.dumps(env, indent=1))
 

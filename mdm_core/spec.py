@@ -190,14 +190,18 @@ def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None, registry: Registry | None = None) -> ResolvedSpec:
+def load_spec(
+    path: str | Path, overrides: list[str] | None = None, registry: Registry | None = None
+) -> ResolvedSpec:
     """Load, compose, override, resolve and validate a spec file."""
     path = Path(path)
     overrides = list(overrides or [])
     cfg = OmegaConf.merge(OmegaConf.create(DEFAULT_COMPONENTS), _read(path, []))
     for item in overrides:
         if "=" not in item:
-            raise SpecError(f"{path} (override): '{item}' is not key=value; write e.g. trainer.max_steps=2000")
+            raise SpecError(
+                f"{path} (override): '{item}' is not key=value; write e.g. trainer.max_steps=2000"
+            )
     for item in overrides:
         key, _, text = item.partition("=")
         try:
@@ -326,7 +330,9 @@ def _check_requires(requires: list[str], origin: _Origin) -> None:
         try:
             req = Requirement(item)
         except InvalidRequirement as exc:
-            raise SpecError(f"{origin.of('requires')}: requires: '{item}' is not a requirement: {exc}") from None
+            raise SpecError(
+                f"{origin.of('requires')}: requires: '{item}' is not a requirement: {exc}"
+            ) from None
         try:
             version = metadata.version(req.name)
         except metadata.PackageNotFoundError:
@@ -334,6 +340,4 @@ def _check_requires(requires: list[str], origin: _Origin) -> None:
                 f"{origin.of('requires')}: requires {item}, which is not installed; pip install '{item}'"
             ) from None
         if req.specifier and not req.specifier.contains(version, prereleases=True):
-            raise SpecError(
-                f"{origin.of('requires')}: requires {item} but {req.name} {version} is installed"
-            )
+            raise SpecError(f"{origin.of('requires')}: requires {item} but {req.name} {version} is installed")

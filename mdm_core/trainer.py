@@ -134,7 +134,9 @@ def eval_context(parts: Parts, model: Backbone, spec: ResolvedSpec, device: torc
     )
 
 
-def evaluate(evaluators: list[Evaluator], ctx: EvalContext, step: int | None, final: bool) -> dict[str, float]:
+def evaluate(
+    evaluators: list[Evaluator], ctx: EvalContext, step: int | None, final: bool
+) -> dict[str, float]:
     """Run the evaluators due at ``step`` (all of them when ``final``); keys get a ``val/`` prefix."""
     metrics: dict[str, float] = {}
     for ev in evaluators:
@@ -180,14 +182,22 @@ class Trainer:
         )
         self.local_micro = self.cfg.batch_size // self.env.world_size // self.cfg.grad_accum
         self.parts.forward_process.setup(
-            self.vocab, self.seq_len, self.local_micro, self.cfg.max_steps, self.cfg.seed * 1000 + self.env.rank
+            self.vocab,
+            self.seq_len,
+            self.local_micro,
+            self.cfg.max_steps,
+            self.cfg.seed * 1000 + self.env.rank,
         )
         self.net: torch.nn.Module = self.model
         if self.env.enabled:
-            self.net = DistributedDataParallel(self.model, device_ids=[self.env.local_rank] if self.env.device.type == "cuda" else None)
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.env.local_rank] if self.env.device.type == "cuda" else None
+            )
         if self.cfg.compile:
             self.net = torch.compile(self.net)  # type: ignore[assignment]
-        bf16 = self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and self.env.device.type == "cuda")
+        bf16 = self.cfg.precision == "bf16" or (
+            self.cfg.precision == "auto" and self.env.device.type == "cuda"
+        )
         self.autocast = (
             torch.autocast(self.env.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         )
@@ -203,13 +213,13 @@ class Trainer:
         world, accum, batch = self.env.world_size, self.cfg.grad_accum, self.cfg.batch_size
         if batch % (world * accum):
             raise SpecError(
-                f"trainer.batch_size: {batch} is not divisible by world size × grad_accum = {world} × {accum}; "
-                "choose a multiple"
+                f"trainer.batch_size: {batch} is not divisible by world size × grad_accum = "
+                f"{world} × {accum}; choose a multiple"
             )
         if self.parts.forward_process.stateful and accum > 1:
             raise SpecError(
-                f"trainer.grad_accum: forward process '{self.spec.components['forward_process'].name}' keeps a "
-                "pool of sequences per micro-batch and needs grad_accum=1"
+                f"trainer.grad_accum: forward process '{self.spec.components['forward_process'].name}' "
+                "keeps a pool of sequences per micro-batch and needs grad_accum=1"
             )
 
     # -- checkpointing ---------------------------------------------------------------------
@@ -233,7 +243,9 @@ class Trainer:
             },
             "forward_process": self.parts.forward_process.state_dict(),
         }
-        checkpoint.save_checkpoint(self.run_dir / "ckpt", self.step, weights, groups, self.cfg.keep_checkpoints)
+        checkpoint.save_checkpoint(
+            self.run_dir / "ckpt", self.step, weights, groups, self.cfg.keep_checkpoints
+        )
         distributed.barrier(self.env)
 
     def restore(self) -> None:
@@ -241,8 +253,10 @@ class Trainer:
         if path is None:
             raise MdmError(f"--resume: {self.run_dir} has no complete checkpoint to resume from")
         if self.env.enabled and self.parts.forward_process.stateful:
-            raise MdmError("--resume under torchrun with a stateful forward process is not supported: "
-                           "each rank's pool is saved only by rank 0")
+            raise MdmError(
+                "--resume under torchrun with a stateful forward process is not supported: "
+                "each rank's pool is saved only by rank 0"
+            )
         step, weights, groups = checkpoint.load_checkpoint(path)
         self.model.load_state_dict(weights["model"])
         if self.ema is not None and "ema" in weights:
@@ -270,7 +284,9 @@ class Trainer:
             batch = self.stream.batch(self.step, micro=micro, num_micro=accum)
             gen = step_generator(self.cfg.seed, self.env.rank, self.step, micro)
             example = self.parts.forward_process.prepare(batch, self.parts.time_sampler, gen, progress)
-            sync = contextlib.nullcontext() if micro == accum - 1 or not self.env.enabled else self.net.no_sync()  # type: ignore[operator]
+            sync = (
+                contextlib.nullcontext() if micro == accum - 1 or not self.env.enabled else self.net.no_sync()
+            )  # type: ignore[operator]
             with sync:
                 with self.autocast:
                     logits = model_forward(self.net, example, self.uses_time)
@@ -340,14 +356,21 @@ class Trainer:
                 now = time.perf_counter()
                 tok_s = (self.tokens - window_tokens) / max(now - window_start, 1e-9)
                 window_start, window_tokens = now, self.tokens
-                metrics = {"loss": distributed.mean_across_ranks(loss, self.env), "lr": float(self.scheduler.get_last_lr()[0]),
-                           "tok_per_s": tok_s}
-                self.log({"kind": "train", "step": step, "elapsed": self.elapsed, "tokens": self.tokens, **metrics})
+                metrics = {
+                    "loss": distributed.mean_across_ranks(loss, self.env),
+                    "lr": float(self.scheduler.get_last_lr()[0]),
+                    "tok_per_s": tok_s,
+                }
+                self.log(
+                    {"kind": "train", "step": step, "elapsed": self.elapsed, "tokens": self.tokens, **metrics}
+                )
             final = step == self.cfg.max_steps
             evals = self.run_evaluation(final=final) if final or self._eval_due(step) else {}
             if evals:
                 self.last_eval = evals
-                self.log({"kind": "eval", "step": step, "elapsed": self.elapsed, "tokens": self.tokens, **evals})
+                self.log(
+                    {"kind": "eval", "step": step, "elapsed": self.elapsed, "tokens": self.tokens, **evals}
+                )
                 hooks.mdm_eval_end(run=self.context, step=step, metrics=evals)
                 window_start = time.perf_counter()
             hooks.mdm_step_end(run=self.context, step=step, metrics=metrics)
@@ -393,12 +416,15 @@ class Trainer:
         texts = [self.parts.bundle.tokenizer.decode(row.tolist()) for row in out.tokens.cpu()]
         (self.run_dir / "samples.txt").write_text(
             f"# {n} samples, sampler {self.spec.components['sampler'].name}, NFE {out.nfe}\n"
-            + "\n---\n".join(texts) + "\n"
+            + "\n---\n".join(texts)
+            + "\n"
         )
         return texts
 
 
-def train(spec: ResolvedSpec, run_dir: Path | None = None, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+def train(
+    spec: ResolvedSpec, run_dir: Path | None = None, resume: bool = False, quiet: bool = False
+) -> dict[str, Any]:
     """Train ``spec``; a new run directory unless ``run_dir`` is given (or resumed)."""
     import os
 
@@ -413,7 +439,10 @@ def train(spec: ResolvedSpec, run_dir: Path | None = None, resume: bool = False,
     try:
         if rank == 0 and not resume:
             runs.write_run_files(
-                run_dir, spec, trainer.registry, runs.environment(str(trainer.env.device), trainer.env.world_size)
+                run_dir,
+                spec,
+                trainer.registry,
+                runs.environment(str(trainer.env.device), trainer.env.world_size),
             )
             (run_dir / "tokenizer.json").write_text(json.dumps(trainer.parts.bundle.tokenizer.to_json()))
         summary = trainer.fit(resume=resume)

@@ -21,7 +21,9 @@ def test_quickstart_spec_validates() -> None:
 
 def test_base_composition_and_interpolation(tmp_path: Path, tiny_spec: Path) -> None:
     child = tmp_path / "child.yaml"
-    child.write_text(f"base: {tiny_spec}\nname: child\ntrainer: {{lr: 1e-2, warmup: '${{trainer.log_every}}'}}\n")
+    child.write_text(
+        f"base: {tiny_spec}\nname: child\ntrainer: {{lr: 1e-2, warmup: '${{trainer.log_every}}'}}\n"
+    )
     spec = load_spec(child)
     assert spec.run.name == "child"
     assert spec.run.trainer.lr == pytest.approx(1e-2)

@@ -31,8 +31,18 @@ def _evals(run_dir: Path) -> list[tuple[int, float]]:
 def test_run_directory_holds_everything(tiny_spec: Path) -> None:
     summary = train(load_spec(tiny_spec, ["trainer.ema=0.9"]), quiet=True)
     run_dir = Path(summary["run_dir"])
-    for name in ("spec.yaml", "resolved.yaml", "overrides.json", "plugins.lock", "env.json", "tokenizer.json",
-                 "metrics.jsonl", "summary.json", "curves.png", "samples.txt"):
+    for name in (
+        "spec.yaml",
+        "resolved.yaml",
+        "overrides.json",
+        "plugins.lock",
+        "env.json",
+        "tokenizer.json",
+        "metrics.jsonl",
+        "summary.json",
+        "curves.png",
+        "samples.txt",
+    ):
         assert (run_dir / name).is_file(), name
     lock = (run_dir / "plugins.lock").read_text()
     assert "mdm-core==" in lock and "backbone dit -> mdm-plugin-dit" in lock
@@ -97,10 +107,16 @@ def test_nan_stops_with_a_clear_error(tiny_spec: Path) -> None:
     assert info.value.exit_code == 4 and "trainer.lr" in str(info.value)
 
 
-def _mdm(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _mdm(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mdm_core.cli", *args], capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, cwd=cwd, timeout=300,
+        [sys.executable, "-m", "mdm_core.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=300,
     )
 
 
@@ -128,16 +144,38 @@ def test_cli_train_eval_sample(tiny_spec: Path, tmp_path: Path) -> None:
     assert sample.stdout.count("--- sample") == 2 and "NFE" in sample.stdout
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
-                    reason="torchrun is part of torch; missing only in broken installs")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+    reason="torchrun is part of torch; missing only in broken installs",
+)
 def test_torchrun_two_processes_match_one(tiny_spec: Path, tmp_path: Path) -> None:
-    overrides = ["trainer.max_steps=24", "trainer.ckpt_every=24", "evaluators.0.every=24", "trainer.num_samples=0"]
+    overrides = [
+        "trainer.max_steps=24",
+        "trainer.ckpt_every=24",
+        "evaluators.0.every=24",
+        "trainer.num_samples=0",
+    ]
     single = train(load_spec(tiny_spec, overrides), run_dir=tmp_path / "one", quiet=True)
     torchrun = str(Path(sys.executable).parent / "torchrun")
     out = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "mdm_core.cli", "train", str(tiny_spec),
-         *overrides, "--run-dir", str(tmp_path / "two"), "--quiet"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "mdm_core.cli",
+            "train",
+            str(tiny_spec),
+            *overrides,
+            "--run-dir",
+            str(tmp_path / "two"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert out.returncode == 0, out.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "summary.json").read_text())

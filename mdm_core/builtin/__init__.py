@@ -12,32 +12,79 @@ _T = "mdm_core.tasks"
 @hookimpl
 def mdm_components() -> list[ComponentRef]:
     return [
-        ComponentRef("time_sampler", "uniform", f"{_B}.time_samplers:UniformTimeSampler",
-                     "antithetic stratified uniform t (MDLM baseline)"),
-        ComponentRef("forward_process", "absorbing", f"{_B}.absorbing:AbsorbingProcess",
-                     "absorbing-state masking with log-linear or cosine schedule"),
-        ComponentRef("loss", "mdlm", f"{_B}.losses:MDLMLoss",
-                     "MDLM SUBS continuous-time NELBO (PyTorch reference)"),
-        ComponentRef("sampler", "ancestral", f"{_B}.samplers:AncestralSampler",
-                     "ancestral sampler with denoiser caching, float64 noise"),
-        ComponentRef("sampler", "confidence", f"{_B}.samplers:ConfidenceSampler",
-                     "reveal the most confident masked positions each step"),
-        ComponentRef("evaluator", "nll", f"{_B}.evaluators:NLLEvaluator",
-                     "uniform-t NELBO: nats/token, bits/token, perplexity"),
-        ComponentRef("evaluator", "samples", f"{_B}.evaluators:SampleEvaluator",
-                     "generate samples: NFE, token entropy, and the source's NLL where known"),
-        ComponentRef("data", "markov", f"{_D}.markov:MarkovSource",
-                     "seeded sparse Markov text with its exact entropy floor (quick-start)"),
-        ComponentRef("data", "text", f"{_D}.text:TextFileSource",
-                     "local text / jsonl / parquet files through datasets"),
-        ComponentRef("data", "hub", f"{_D}.text:HubSource",
-                     "a Hugging Face hub dataset by name (needs network)"),
-        ComponentRef("data", "sudoku", f"{_T}.sudoku:SudokuSource",
-                     "seeded Sudoku puzzles with unique solutions (prompt = clues)"),
-        ComponentRef("data", "star_graph", f"{_T}.star_graph:StarGraphSource",
-                     "star-graph path finding (Bachmann & Nagarajan 2024)"),
-        ComponentRef("evaluator", "sudoku_accuracy", f"{_T}.sudoku:SudokuAccuracy",
-                     "cell accuracy on blanks and puzzle accuracy"),
-        ComponentRef("evaluator", "path_accuracy", f"{_T}.star_graph:PathAccuracy",
-                     "exact path match and token accuracy"),
+        ComponentRef(
+            "time_sampler",
+            "uniform",
+            f"{_B}.time_samplers:UniformTimeSampler",
+            "antithetic stratified uniform t (MDLM baseline)",
+        ),
+        ComponentRef(
+            "forward_process",
+            "absorbing",
+            f"{_B}.absorbing:AbsorbingProcess",
+            "absorbing-state masking with log-linear or cosine schedule",
+        ),
+        ComponentRef(
+            "loss", "mdlm", f"{_B}.losses:MDLMLoss", "MDLM SUBS continuous-time NELBO (PyTorch reference)"
+        ),
+        ComponentRef(
+            "sampler",
+            "ancestral",
+            f"{_B}.samplers:AncestralSampler",
+            "ancestral sampler with denoiser caching, float64 noise",
+        ),
+        ComponentRef(
+            "sampler",
+            "confidence",
+            f"{_B}.samplers:ConfidenceSampler",
+            "reveal the most confident masked positions each step",
+        ),
+        ComponentRef(
+            "evaluator",
+            "nll",
+            f"{_B}.evaluators:NLLEvaluator",
+            "uniform-t NELBO: nats/token, bits/token, perplexity",
+        ),
+        ComponentRef(
+            "evaluator",
+            "samples",
+            f"{_B}.evaluators:SampleEvaluator",
+            "generate samples: NFE, token entropy, and the source's NLL where known",
+        ),
+        ComponentRef(
+            "data",
+            "markov",
+            f"{_D}.markov:MarkovSource",
+            "seeded sparse Markov text with its exact entropy floor (quick-start)",
+        ),
+        ComponentRef(
+            "data", "text", f"{_D}.text:TextFileSource", "local text / jsonl / parquet files through datasets"
+        ),
+        ComponentRef(
+            "data", "hub", f"{_D}.text:HubSource", "a Hugging Face hub dataset by name (needs network)"
+        ),
+        ComponentRef(
+            "data",
+            "sudoku",
+            f"{_T}.sudoku:SudokuSource",
+            "seeded Sudoku puzzles with unique solutions (prompt = clues)",
+        ),
+        ComponentRef(
+            "data",
+            "star_graph",
+            f"{_T}.star_graph:StarGraphSource",
+            "star-graph path finding (Bachmann & Nagarajan 2024)",
+        ),
+        ComponentRef(
+            "evaluator",
+            "sudoku_accuracy",
+            f"{_T}.sudoku:SudokuAccuracy",
+            "cell accuracy on blanks and puzzle accuracy",
+        ),
+        ComponentRef(
+            "evaluator",
+            "path_accuracy",
+            f"{_T}.star_graph:PathAccuracy",
+            "exact path match and token accuracy",
+        ),
     ]
