@@ -26,7 +26,6 @@ def _overrides_help() -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mdm_core.spec import load_spec
-    from mdm_core.trainer import train
 
     run_dir: Path | None
     if args.resume:
@@ -39,6 +38,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise MdmError("train: give a spec file, e.g. mdm train specs/quickstart.yaml", exit_code=2)
         spec = load_spec(args.spec, args.overrides)
         run_dir = Path(args.run_dir) if args.run_dir else None
+    from mdm_core.trainer import train  # after the spec: spec errors come before heavy imports
+
     summary = train(spec, run_dir=run_dir, resume=bool(args.resume), quiet=args.quiet)
     if os.environ.get("RANK", "0") == "0":
         _print_summary(summary)
@@ -150,7 +151,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     grid, fixed = parse_grid(args.assignments)
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = run_sweep(args.spec, grid, fixed, out, parallel=args.parallel, extra_args=["--quiet"])
+    total = 1
+    for values in grid.values():
+        total *= len(values)
+    done = 0
+
+    def report(point: Any) -> None:
+        nonlocal done
+        done += 1
+        status = "ok" if point.exit_code == 0 else f"FAILED (exit {point.exit_code}, see {out}/logs)"
+        print(f"[{done}/{total}] {point.label}: {status}", flush=True)
+
+    result = run_sweep(
+        args.spec, grid, fixed, out, parallel=args.parallel, extra_args=["--quiet"], on_done=report
+    )
     failed = [p for p in result.points if p.exit_code != 0]
     print(f"sweep: {len(result.points)} runs in {out} ({len(failed)} failed)")
     print(f"next: mdm compare {out}")

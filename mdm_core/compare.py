@@ -118,8 +118,13 @@ class Arm:
             },
             "speedup": self.speedup,
             "time_speedup": self.time_speedup,
-            "curve": {"step": self.steps, "elapsed": self.elapsed, "mean": self.mean, "min": self.low,
-                      "max": self.high},
+            "curve": {
+                "step": self.steps,
+                "elapsed": self.elapsed,
+                "mean": self.mean,
+                "min": self.low,
+                "max": self.high,
+            },
         }
 
 
@@ -139,14 +144,16 @@ class Comparison:
         rows = [header]
         for arm in self.arms:
             finals = arm.finals
-            rows.append([
-                arm.label + (" (baseline)" if arm is self.baseline else ""),
-                str(len(arm.runs)),
-                f"{statistics.fmean(finals):.3f} ± {_std(finals):.3f}",
-                _reach_text(arm, "step", lambda v: f"{v:.0f}"),
-                _reach_text(arm, "seconds", format_seconds),
-                "—" if arm.speedup is None else f"{arm.speedup:.2f}×",
-            ])
+            rows.append(
+                [
+                    arm.label + (" (baseline)" if arm is self.baseline else ""),
+                    str(len(arm.runs)),
+                    f"{statistics.fmean(finals):.3f} ± {_std(finals):.3f}",
+                    _reach_text(arm, "step", lambda v: f"{v:.0f}"),
+                    _reach_text(arm, "seconds", format_seconds),
+                    "—" if arm.speedup is None else f"{arm.speedup:.2f}×",
+                ]
+            )
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
         lines.append(
@@ -269,11 +276,12 @@ def group_arms(runs: Sequence[Run]) -> list[Arm]:
 
 
 def _distinguishing_keys(configs: list[dict[str, Any]]) -> list[str]:
-    """Greedy: add keys (component names first) while they split the arms further."""
+    """Greedy: add keys (component names first, then keys most arms set) while they split the arms further."""
     if len(configs) < 2:
         return []
     differing = {k for c in configs for k in c if len({_signature(d, [k]) for d in configs}) > 1}
-    order = sorted(differing, key=lambda k: (not k.endswith(".name"), k.count("."), k))
+    present = {k: sum(k in c for c in configs) for k in differing}
+    order = sorted(differing, key=lambda k: (not k.endswith(".name"), -present[k], k.count("."), k))
     chosen: list[str] = []
     classes = 1
     for key in order:

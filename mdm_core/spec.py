@@ -134,17 +134,31 @@ def _read(path: Path, chain: list[Path]) -> DictConfig:
         raise SpecError(f"{where}: file not found: {path}")
     try:
         cfg = OmegaConf.load(path)
-    except (OmegaConfBaseException, ValueError, OSError) as exc:  # yaml errors are ValueError-like
-        raise SpecError(f"{path}: not a valid YAML spec: {exc}") from exc
-    except Exception as exc:  # yaml.YAMLError does not share a base with the above
-        raise SpecError(f"{path}: not a valid YAML spec: {exc}") from exc
+    except Exception as exc:  # yaml.YAMLError shares no base class with OmegaConf's errors
+        raise SpecError(f"{path}: not a valid YAML spec: {str(exc).splitlines()[0]}") from None
     if not isinstance(cfg, DictConfig):
         raise SpecError(f"{path}: a spec must be a mapping of keys to values")
     base = cfg.pop("base", None)
     if base is None:
         return cfg
     base_path = _find_base(str(base), path)
-    return OmegaConf.merge(_read(base_path, [*chain, path]), cfg)  # type: ignore[return-value]
+    return _merge(_read(base_path, [*chain, path]), cfg)
+
+
+def _merge(base: DictConfig, child: DictConfig) -> DictConfig:
+    """Deep merge, except that a component section naming another component replaces the base's
+    section: swapping a component must not inherit the old component's parameters."""
+    merged = OmegaConf.merge(base, child)
+    assert isinstance(merged, DictConfig)
+    for section in COMPONENT_SECTIONS:
+        new, old = child.get(section), base.get(section)
+        if (
+            isinstance(new, DictConfig)
+            and isinstance(old, DictConfig)
+            and new.get("name", old.get("name")) != old.get("name")
+        ):
+            merged[section] = new
+    return merged
 
 
 def _find_base(base: str, spec_path: Path) -> Path:
@@ -196,7 +210,7 @@ def load_spec(
     """Load, compose, override, resolve and validate a spec file."""
     path = Path(path)
     overrides = list(overrides or [])
-    cfg = OmegaConf.merge(OmegaConf.create(DEFAULT_COMPONENTS), _read(path, []))
+    cfg = _merge(OmegaConf.create(DEFAULT_COMPONENTS), _read(path, []))
     for item in overrides:
         if "=" not in item:
             raise SpecError(
@@ -206,7 +220,12 @@ def load_spec(
         key, _, text = item.partition("=")
         try:
             value = OmegaConf.from_dotlist([f"value={text}"])["value"]
-            OmegaConf.update(cfg, key, value, merge=True)
+            section, _, field = key.partition(".")
+            if field == "name" and section in COMPONENT_SECTIONS and OmegaConf.select(cfg, key) != value:
+                cfg[section] = {"name": value}  # swapping a component drops its old params
+            else:
+                # A mapping replaces the whole section, so a component comes with its params.
+                OmegaConf.update(cfg, key, value, merge=not isinstance(value, DictConfig))
         except (OmegaConfBaseException, TypeError, ValueError, IndexError) as exc:
             raise SpecError(f"{path} (override): {item}: {str(exc).splitlines()[0]}") from None
     try:
@@ -303,7 +322,7 @@ def _validate_component(
     except ValidationError as exc:
         err = exc.errors()[0]
         key = _loc(err["loc"])
-        dotted = f"{section}.{key}"
+        dotted = f"{section}.{key}" if key else section
         where = origin.of(dotted)
         names = _fields(cls.Params)
         if err["type"] == "extra_forbidden":

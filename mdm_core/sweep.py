@@ -35,7 +35,8 @@ _MAX_NAME = 120
 def parse_grid(args: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
     """Split ``key=a,b,c`` (a grid axis) from ``key=v`` (an override every point shares).
 
-    A value starting with ``[`` or ``{`` is one OmegaConf list/dict, never split.
+    Commas inside ``[...]`` or ``{...}`` do not split, so whole components can be grid values:
+    ``time_sampler={name: uniform},{name: bell, family: beta}``.
     """
     grid: dict[str, list[str]] = {}
     fixed: list[str] = []
@@ -49,16 +50,30 @@ def parse_grid(args: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
             )
         if key in grid or any(f.partition("=")[0] == key for f in fixed):
             raise SpecError(f"sweep: '{key}' is given twice; list all its values once, e.g. {key}=a,b")
-        if "," not in value or value.lstrip().startswith(("[", "{")):
+        values = [v.strip() for v in _split_top_level(value)]
+        if len(values) == 1:
             fixed.append(f"{key}={value}")
             continue
-        values = [v.strip() for v in value.split(",")]
         if any(not v for v in values):
             raise SpecError(f"sweep: '{arg}' has an empty value; write e.g. {key}=a,b,c")
         if len(set(values)) != len(values):
             raise SpecError(f"sweep: '{arg}' repeats a value")
         grid[key] = values
     return grid, fixed
+
+
+def _split_top_level(value: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(value):
+        if char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(value[start:i])
+            start = i + 1
+    parts.append(value[start:])
+    return parts
 
 
 def grid_points(grid: dict[str, list[str]]) -> list[list[str]]:

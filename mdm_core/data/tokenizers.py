@@ -181,7 +181,7 @@ class SymbolTokenizer(Tokenizer):
 
 
 def tokenizer_from_json(d: dict[str, Any]) -> Tokenizer:
-    """Rebuild a tokenizer saved with ``to_json`` (any of the four kinds in this module)."""
+    """Rebuild a tokenizer saved with ``to_json`` (the kinds in this module and the Sudoku task's)."""
     kind = d.get("type")
     if kind == "char":
         return CharTokenizer(d["chars"])
@@ -193,7 +193,11 @@ def tokenizer_from_json(d: dict[str, Any]) -> Tokenizer:
         return BPETokenizer(HFTokenizer.from_str(d["tokenizer"]))
     if kind == "symbol":
         return SymbolTokenizer(d["symbols"], sep=d["sep"])
-    raise MdmError(f"unknown saved tokenizer type {kind!r}; expected char, byte, bpe or symbol")
+    if kind == "sudoku":
+        from mdm_core.tasks.sudoku import SudokuTokenizer
+
+        return SudokuTokenizer()
+    raise MdmError(f"unknown saved tokenizer type {kind!r}; expected char, byte, bpe, symbol or sudoku")
 
 
 class TokenizerSpec(BaseModel):

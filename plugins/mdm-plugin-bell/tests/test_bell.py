@@ -87,8 +87,10 @@ def test_strata_are_not_tied_to_batch_positions() -> None:
 
 @pytest.mark.parametrize(
     "params",
-    [{"rho": 0.2, "weighting": "importance"}, {"family": "beta", "a": 0.8, "b": 4.0, "rho": 0.1,
-                                                 "weighting": "importance"}],
+    [
+        {"rho": 0.2, "weighting": "importance"},
+        {"family": "beta", "a": 0.8, "b": 4.0, "rho": 0.1, "weighting": "importance"},
+    ],
 )
 def test_importance_weights_average_to_one_and_undo_the_density(params: dict[str, Any]) -> None:
     sampler = make(**params)
@@ -118,8 +120,11 @@ def test_anneal_makes_the_law_uniform_at_the_end() -> None:
 
 @pytest.mark.parametrize(
     "params",
-    [{"family": "beta", "a": 2.5, "b": 1.5}, {"family": "logit_normal", "s": 0.7, "rho": 0.3},
-     {"family": "truncated_normal", "mu": 0.9, "sigma": 0.15}],
+    [
+        {"family": "beta", "a": 2.5, "b": 1.5},
+        {"family": "logit_normal", "s": 0.7, "rho": 0.3},
+        {"family": "truncated_normal", "mu": 0.9, "sigma": 0.15},
+    ],
 )
 def test_density_integrates_to_one_and_is_zero_outside(params: dict[str, Any]) -> None:
     sampler = make(**params)
@@ -175,8 +180,12 @@ def test_registered_under_its_name() -> None:
 
 @pytest.mark.parametrize(
     "params",
-    [{"family": "beta"}, {"family": "logit_normal"}, {"family": "truncated_normal"},
-     {"family": "beta", "a": 3.0, "b": 3.0, "rho": 0.2, "anneal": 0.3, "weighting": "importance"}],
+    [
+        {"family": "beta"},
+        {"family": "logit_normal"},
+        {"family": "truncated_normal"},
+        {"family": "beta", "a": 3.0, "b": 3.0, "rho": 0.2, "anneal": 0.3, "weighting": "importance"},
+    ],
 )
 def test_conformance_kit(params: dict[str, Any]) -> None:
     check_time_sampler(lambda: make(**params), max_examples=15)

@@ -11,8 +11,6 @@ full fp32 log-softmax of ``[rows, V]`` is ever materialised.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
@@ -36,8 +34,3 @@ def margin(rows: Tensor, num_regular: int) -> Tensor:
         return rows.new_zeros(rows.shape[:1], dtype=torch.float32)
     top = rows[:, :num_regular].topk(2, dim=-1).values.float()
     return top[:, 0] - top[:, 1]
-
-
-def confidence(rows: Tensor, num_regular: int, kind: Literal["max_prob", "margin"]) -> Tensor:
-    """The ranking score PUMA reveals by: ``max_v log p(v)`` or the top-two logit margin."""
-    return max_log_prob(rows, num_regular) if kind == "max_prob" else margin(rows, num_regular)

@@ -30,7 +30,7 @@ from mdm_core.builtin.absorbing import AbsorbingProcess
 from mdm_core.errors import MdmError
 from mdm_core.interfaces import AttentionLayout, Batch, ForwardProcess, TimeSampler, TrainingExample, Vocab
 from mdm_core.interfaces import Params as BaseParams
-from mdm_plugin_puma.confidence import confidence, max_log_prob
+from mdm_plugin_puma.confidence import margin, max_log_prob
 
 #: Pool tensors saved in ``state_dict`` (all ``[B, L]`` or ``[B]``).
 POOL_KEYS = ("x0", "z", "prompt", "stage", "target", "refill")
@@ -68,7 +68,7 @@ class PumaProcess(ForwardProcess):
             default="max_prob", description="reveal by max_v log p(v) or by the top-two logit margin"
         )
         k_schedule: list[tuple[int, int]] = Field(
-            default_factory=list,
+            default=[],
             description="[(K, step), ...]: from optimiser step `step` on use K stages (pool rebuilt)",
         )
 
@@ -151,7 +151,7 @@ class PumaProcess(ForwardProcess):
     def prepare(
         self, batch: Batch, time_sampler: TimeSampler, generator: torch.Generator, progress: float = 0.0
     ) -> TrainingExample:
-        """Refill finished slots from ``batch`` and return the pool as it is (no new noise)."""
+        """Refill finished slots from ``batch``; the other slots are returned exactly as they are."""
         del time_sampler, generator, progress
         self._rng()
         if tuple(batch.input_ids.shape) != tuple(self.x0.shape):
@@ -184,23 +184,26 @@ class PumaProcess(ForwardProcess):
         eligible = self._eligible()
         masked = self.z == self.vocab.mask_id
         following = self.stage + 1
-        finished = following > k
+        finished = following >= k
         goal = self._visible_goal(following.clamp(max=k - 1), eligible)
         live = masked & ~finished[:, None]
         rows = logits.detach()[live].to(self.z.device)
+        num_regular, collapse = self.vocab.num_regular, self.params.mode == "collapse"
+        by_prob = self.params.confidence == "max_prob"
+        log_prob = max_log_prob(rows, num_regular) if by_prob or collapse else None
         score = torch.full(self.z.shape, float("-inf"), device=self.z.device)
-        score[live] = confidence(rows, self.vocab.num_regular, self.params.confidence)
+        score[live] = log_prob if log_prob is not None and by_prob else margin(rows, num_regular)
         visible = (eligible & ~masked).sum(dim=1)
         reveal = top_positions(score, live, (goal - visible).clamp(min=0))
-        if self.params.mode == "collapse":
+        if log_prob is not None and collapse:
             sure = torch.zeros_like(live)
-            sure[live] = max_log_prob(rows, self.vocab.num_regular).exp() > self.params.tau
+            sure[live] = log_prob.exp() > self.params.tau
             reveal |= sure
-            shown = (eligible & ~masked).sum(dim=1) + reveal.sum(dim=1)
-            size = eligible.sum(dim=1).clamp(min=1)
-            bucket = torch.div(shown * k, size, rounding_mode="floor").clamp(max=k - 1)
+            shown = visible + reveal.sum(dim=1)
+            length = eligible.sum(dim=1)
+            bucket = torch.div(shown * k, length.clamp(min=1), rounding_mode="floor").clamp(max=k - 1)
             following = torch.maximum(following, bucket)
-            finished |= eligible.any(dim=1) & (shown >= eligible.sum(dim=1))
+            finished |= (length > 0) & (shown >= length)
         self.z = torch.where(reveal, self.x0, self.z)
         self.stage = torch.where(finished, self.stage, following)
         self.target = torch.where(finished, self.target, goal)
