@@ -176,7 +176,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     paths = [Path(p) for p in args.runs]
     out = Path(args.out) if args.out else (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path("."))
-    comparison = compare_runs(paths, baseline=args.baseline, target_nll=args.target_nll, out_dir=out)
+    target = args.target if args.target is not None else args.target_nll
+    comparison = compare_runs(
+        paths,
+        baseline=args.baseline,
+        target=target,
+        out_dir=out,
+        metric=args.metric,
+        higher_is_better=True if args.higher_is_better else None,
+    )
     print(comparison.table_text())
     print(f"plot: {out / 'compare.png'}   table: {out / 'compare.json'}")
     return 0
@@ -368,7 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="compare runs: curves, steps and time to a target NLL, speed-up")
     p.add_argument("runs", nargs="+", help="run directories or sweep directories")
     p.add_argument("--baseline", help="a run directory or key=value selecting the baseline arm")
-    p.add_argument("--target-nll", type=float, help="target validation NLL (default: baseline's final)")
+    p.add_argument("--metric", default="val/nll", help="eval metric to compare, e.g. val/puzzle_acc")
+    p.add_argument("--higher-is-better", action="store_true", help="(default for metrics named *acc*)")
+    p.add_argument("--target", type=float, help="target value of --metric (default: baseline's final)")
+    p.add_argument("--target-nll", type=float, help="the same as --target for val/nll")
     p.add_argument("--out", help="where compare.png / compare.json go")
     p.set_defaults(func=cmd_compare)
 

@@ -32,7 +32,7 @@ from mdm_core.runs import read_metrics
 
 #: Spec keys that never distinguish arms: the seed (it makes the spread) and naming/paths.
 IGNORED_KEYS = frozenset({"trainer.seed", "name", "description", "out_dir", "requires"})
-NLL = "val/nll"
+DEFAULT_METRIC = "val/nll"
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Run:
     config: dict[str, Any]
     steps: list[int]
     elapsed: list[float]
-    nll: list[float]
+    values: list[float]
 
     @property
     def seed(self) -> Any:
@@ -81,7 +81,7 @@ class Arm:
 
     @property
     def finals(self) -> list[float]:
-        return [r.nll[-1] for r in self.runs]
+        return [r.values[-1] for r in self.runs]
 
     @property
     def reached(self) -> int:
@@ -100,7 +100,7 @@ class Arm:
             "keys": self.keys,
             "runs": [str(r.path) for r in self.runs],
             "seeds": [r.seed for r in self.runs],
-            "final_nll": {
+            "final": {
                 "mean": statistics.fmean(self.finals),
                 "std": _std(self.finals),
                 "per_seed": self.finals,
@@ -137,10 +137,19 @@ class Comparison:
     target: float
     target_source: str
     notes: list[str] = field(default_factory=list)
+    metric: str = DEFAULT_METRIC
+    higher_is_better: bool = False
 
     def table_text(self) -> str:
         target = f"{self.target:.3f}"
-        header = ["arm", "seeds", "final val_nll", f"steps to {target}", f"time to {target}", "speed-up"]
+        header = [
+            "arm",
+            "seeds",
+            f"final {self.metric}",
+            f"steps to {target}",
+            f"time to {target}",
+            "speed-up",
+        ]
         rows = [header]
         for arm in self.arms:
             finals = arm.finals
@@ -157,7 +166,8 @@ class Comparison:
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
         lines.append(
-            f"target {target} nats/token: {self.target_source}; steps and time: first crossing of the "
+            f"target {self.metric} {'≥' if self.higher_is_better else '≤'} {target}: {self.target_source}; "
+            "steps and time: first crossing of the "
             "seed-mean curve (linear between evaluations), ± over seeds"
         )
         lines.extend(f"note: {n}" for n in self.notes)
@@ -165,6 +175,8 @@ class Comparison:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "metric": self.metric,
+            "higher_is_better": self.higher_is_better,
             "target": self.target,
             "target_source": self.target_source,
             "baseline": self.baseline.label,
@@ -176,8 +188,9 @@ class Comparison:
 # -- loading -------------------------------------------------------------------------------------
 
 
-def load_runs(paths: Sequence[Path]) -> tuple[list[Run], list[str]]:
-    """Run directories, sweep directories (their points) or folders of runs → runs with a val curve."""
+def load_runs(paths: Sequence[Path], metric: str = DEFAULT_METRIC) -> tuple[list[Run], list[str]]:
+    """Run directories, sweep directories (their points) or folders of runs → runs with a curve of
+    ``metric``."""
     if not paths:
         raise MdmError("compare: name at least one run or sweep directory", exit_code=2)
     runs: list[Run] = []
@@ -188,13 +201,13 @@ def load_runs(paths: Sequence[Path]) -> tuple[list[Run], list[str]]:
             if run_dir.resolve() in seen:
                 continue
             seen.add(run_dir.resolve())
-            run = _load_run(run_dir)
+            run = _load_run(run_dir, metric)
             if run is None:
-                notes.append(f"{run_dir}: no validation NLL recorded yet; left out")
+                notes.append(f"{run_dir}: no {metric} recorded yet; left out")
             else:
                 runs.append(run)
     if not runs:
-        raise MdmError("compare: none of the runs has a validation NLL yet", exit_code=1)
+        raise MdmError(f"compare: none of the runs has recorded {metric} yet", exit_code=1)
     return runs, notes
 
 
@@ -222,12 +235,12 @@ def _run_dirs(path: Path, notes: list[str]) -> list[Path]:
     )
 
 
-def _load_run(run_dir: Path) -> Run | None:
+def _load_run(run_dir: Path, metric: str) -> Run | None:
     try:
         metrics = read_metrics(run_dir)
     except json.JSONDecodeError as exc:
         raise MdmError(f"compare: {run_dir}/metrics.jsonl is not JSON lines: {exc}") from exc
-    evals = sorted((m for m in metrics if m.get("kind") == "eval" and NLL in m), key=lambda m: m["step"])
+    evals = sorted((m for m in metrics if m.get("kind") == "eval" and metric in m), key=lambda m: m["step"])
     if not evals:
         return None
     resolved = OmegaConf.to_container(OmegaConf.load(run_dir / "resolved.yaml"), resolve=True)
@@ -236,7 +249,7 @@ def _load_run(run_dir: Path) -> Run | None:
         config=_flatten(resolved),
         steps=[int(m["step"]) for m in evals],
         elapsed=[float(m["elapsed"]) for m in evals],
-        nll=[float(m[NLL]) for m in evals],
+        values=[float(m[metric]) for m in evals],
     )
 
 
@@ -340,13 +353,20 @@ def _matches(config: dict[str, Any], key: str, text: str) -> bool:
 # -- curves and figures --------------------------------------------------------------------------
 
 
-def cross(steps: Sequence[float], seconds: Sequence[float], nll: Sequence[float], target: float) -> Crossing:
-    """First point where ``nll`` ≤ target, linear between the evaluation before and the one at it."""
-    for i, value in enumerate(nll):
-        if value <= target:
+def cross(
+    steps: Sequence[float],
+    seconds: Sequence[float],
+    values: Sequence[float],
+    target: float,
+    higher: bool = False,
+) -> Crossing:
+    """First point where ``values`` reach the target (≤, or ≥ when ``higher`` is better), linear
+    between the evaluation before and the one at it."""
+    for i, value in enumerate(values):
+        if (value >= target) if higher else (value <= target):
             if i == 0:
                 return Crossing(float(steps[0]), float(seconds[0]))
-            frac = (nll[i - 1] - target) / (nll[i - 1] - value)
+            frac = (values[i - 1] - target) / (values[i - 1] - value)
             return Crossing(
                 steps[i - 1] + frac * (steps[i] - steps[i - 1]),
                 seconds[i - 1] + frac * (seconds[i] - seconds[i - 1]),
@@ -361,7 +381,7 @@ def _mean_curve(arm: Arm) -> None:
             f"compare: the runs of arm {arm.label} share no evaluation step; give them the same evaluator "
             "schedule (evaluators.*.every)"
         )
-    columns = [[r.nll[r.steps.index(s)] for r in arm.runs] for s in shared]
+    columns = [[r.values[r.steps.index(s)] for r in arm.runs] for s in shared]
     arm.steps = shared
     arm.elapsed = [statistics.fmean(r.elapsed[r.steps.index(s)] for r in arm.runs) for s in shared]
     arm.mean = [statistics.fmean(c) for c in columns]
@@ -376,28 +396,35 @@ def _ratio(num: float | None, den: float | None) -> float | None:
 def compare_runs(
     paths: Sequence[Path],
     baseline: str | None = None,
-    target_nll: float | None = None,
+    target: float | None = None,
     out_dir: Path | None = None,
+    metric: str = DEFAULT_METRIC,
+    higher_is_better: bool | None = None,
 ) -> Comparison:
-    """Compare runs as arms (see the module docstring); write compare.json and compare.png to out_dir."""
-    runs, notes = load_runs(paths)
+    """Compare runs as arms (see the module docstring); write compare.json and compare.png to out_dir.
+
+    ``metric`` is any eval metric in metrics.jsonl (``val/nll``, ``val/puzzle_acc`` ...);
+    ``higher_is_better`` defaults to True for accuracies (names containing "acc").
+    """
+    higher = ("acc" in metric) if higher_is_better is None else higher_is_better
+    runs, notes = load_runs(paths, metric)
     arms = group_arms(runs)
     for arm in arms:
         _mean_curve(arm)
     base = select_baseline(arms, baseline)
-    if target_nll is None:
-        target, source = base.mean[-1], f"final val_nll of the baseline ({base.label})"
+    if target is None:
+        target, source = base.mean[-1], f"final {metric} of the baseline ({base.label})"
     else:
-        target, source = float(target_nll), "--target-nll"
+        source = "--target"
     for arm in arms:
-        arm.crossing = cross(arm.steps, arm.elapsed, arm.mean, target)
-        arm.per_seed = [cross(r.steps, r.elapsed, r.nll, target) for r in arm.runs]
+        arm.crossing = cross(arm.steps, arm.elapsed, arm.mean, target, higher)
+        arm.per_seed = [cross(r.steps, r.elapsed, r.values, target, higher) for r in arm.runs]
     for arm in arms:
         arm.speedup = _ratio(base.crossing.step, arm.crossing.step)
         arm.time_speedup = _ratio(base.crossing.seconds, arm.crossing.seconds)
     if base.crossing.step is None:
         notes.append("the baseline never reaches the target, so no speed-up can be given")
-    comparison = Comparison(arms, base, target, source, notes)
+    comparison = Comparison(arms, base, target, source, notes, metric, higher)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -427,9 +454,10 @@ def plot_comparison(comparison: Comparison, path: Path) -> Path:
         ax.grid(alpha=0.3)
     by_step.set_xlabel("step")
     by_time.set_xlabel(f"wall-clock ({unit})")
-    by_step.set_ylabel("val NLL, nats/token (uniform-t NELBO)")
-    by_step.set_title("validation NLL vs steps (mean, min–max over seeds)")
-    by_time.set_title("validation NLL vs wall-clock")
+    nll = comparison.metric == DEFAULT_METRIC
+    by_step.set_ylabel("val NLL, nats/token (uniform-t NELBO)" if nll else comparison.metric)
+    by_step.set_title(f"{comparison.metric} vs steps (mean, min–max over seeds)")
+    by_time.set_title(f"{comparison.metric} vs wall-clock")
     by_step.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

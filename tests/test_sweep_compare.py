@@ -197,7 +197,7 @@ def test_sweep_runs_every_point_records_failures_and_feeds_compare(tmp_path: Pat
     assert [p["exit_code"] for p in record["points"]] == [0, 0, 0, 3]
     assert record["points"][2]["run_dir"] == "time_sampler.name-bell_trainer.seed-0"
 
-    comparison = compare_runs([out], baseline="time_sampler.name=uniform", target_nll=2.1)
+    comparison = compare_runs([out], baseline="time_sampler.name=uniform", target=2.1)
     bell = comparison.arms[1]
     assert bell.label == "time_sampler.name=bell" and len(bell.runs) == 1
     assert bell.speedup == pytest.approx(2.0, rel=0.03)
@@ -235,7 +235,7 @@ def test_compare_groups_seeds_into_arms_and_measures_the_speedup(
         runs["logit"][1],
     ]
     out = tmp_path / "cmp"
-    comparison = compare_runs(order, baseline=None, target_nll=None, out_dir=out)
+    comparison = compare_runs(order, baseline=None, target=None, out_dir=out)
     uniform, logit, beta = comparison.arms
     assert uniform is comparison.baseline
     assert uniform.label == "time_sampler.name=uniform"
@@ -270,9 +270,9 @@ def test_compare_groups_seeds_into_arms_and_measures_the_speedup(
 
 def test_explicit_target_and_baseline_selection(runs: dict[str, list[Path]]) -> None:
     every = [p for paths in runs.values() for p in paths]
-    comparison = compare_runs(every, baseline="time_sampler.family=beta", target_nll=2.505)
+    comparison = compare_runs(every, baseline="time_sampler.family=beta", target=2.505)
     uniform, logit, beta = comparison.arms
-    assert comparison.baseline is beta and comparison.target_source == "--target-nll"
+    assert comparison.baseline is beta and comparison.target_source == "--target"
     # Beta's mean curve reaches 2.505 at step 990; only its lower seed gets there (at 970).
     assert beta.crossing.step == pytest.approx(990.0) and beta.reached == 1
     assert [c.step for c in beta.per_seed] == [pytest.approx(970.0), None]
@@ -284,7 +284,7 @@ def test_explicit_target_and_baseline_selection(runs: dict[str, list[Path]]) -> 
 
 
 def test_an_unreached_baseline_gives_no_speedup(runs: dict[str, list[Path]]) -> None:
-    comparison = compare_runs([*runs["beta"], *runs["logit"]], target_nll=1.5)
+    comparison = compare_runs([*runs["beta"], *runs["logit"]], target=1.5)
     assert all(arm.speedup is None for arm in comparison.arms)
     assert comparison.arms[1].crossing.step == pytest.approx(750.0)
     assert any("baseline never reaches" in n for n in comparison.notes)
@@ -308,3 +308,40 @@ def test_a_folder_of_runs_and_bad_paths(runs: dict[str, list[Path]], tmp_path: P
     assert sorted(len(a.runs) for a in comparison.arms) == [2, 3, 3]
     with pytest.raises(MdmError, match="not a run directory"):
         compare_runs([tmp_path / "missing"])
+
+
+def write_accuracy_run(path: Path, forward: str, seed: int, per_step: float) -> Path:
+    """A run whose val/puzzle_acc rises linearly: acc = per_step · step (capped at 1)."""
+    path.mkdir(parents=True)
+    config = {"name": "acc", "forward_process": {"name": forward}, "trainer": {"seed": seed}}
+    (path / "resolved.yaml").write_text(yaml.safe_dump(config))
+    lines = [
+        {
+            "kind": "eval",
+            "step": s,
+            "elapsed": s * 0.1,
+            "val/nll": 2.0,
+            "val/puzzle_acc": min(1.0, per_step * s),
+        }
+        for s in STEPS
+    ]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def test_compare_an_accuracy_where_higher_is_better(tmp_path: Path) -> None:
+    runs = [write_accuracy_run(tmp_path / f"base{s}", "absorbing", s, 0.0005) for s in range(2)]
+    runs += [write_accuracy_run(tmp_path / f"puma{s}", "puma", s, 0.001) for s in range(2)]
+    runs += [write_accuracy_run(tmp_path / f"slow{s}", "slow", s, 0.0001) for s in range(2)]
+    comparison = compare_runs(runs, baseline="forward_process.name=absorbing", metric="val/puzzle_acc")
+    assert comparison.higher_is_better and comparison.metric == "val/puzzle_acc"
+    by_label = {arm.label: arm for arm in comparison.arms}
+    base, puma, slow = (by_label[f"forward_process.name={n}"] for n in ("absorbing", "puma", "slow"))
+    target = 0.0005 * STEPS[-1]
+    assert comparison.target == pytest.approx(target)
+    assert base.crossing.step == pytest.approx(STEPS[-1])
+    assert puma.crossing.step == pytest.approx(STEPS[-1] / 2)
+    assert puma.speedup == pytest.approx(2.0)
+    assert slow.crossing.step is None and slow.speedup is None
+    table = comparison.table_text()
+    assert "final val/puzzle_acc" in table and "not reached" in table and "≥" in table
