@@ -113,7 +113,8 @@ def test_a_broken_plugin_is_reported_and_harms_no_other_run(tmp_path: Path) -> N
 def test_a_name_registered_twice_names_both_distributions(tmp_path: Path) -> None:
     body = (
         "from mdm_core import ComponentRef, hookimpl\n\n@hookimpl\ndef mdm_components():\n"
-        "    return [ComponentRef('time_sampler', 'dup', 'mdm_core.builtin.time_samplers:UniformTimeSampler')]\n"
+        "    target = 'mdm_core.builtin.time_samplers:UniformTimeSampler'\n"
+        "    return [ComponentRef('time_sampler', 'dup', target)]\n"
     )
     site = tmp_path / "site"
     for letter in "ab":
