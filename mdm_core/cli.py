@@ -176,6 +176,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     paths = [Path(p) for p in args.runs]
     out = Path(args.out) if args.out else (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path("."))
+    if args.target_nll is not None and args.metric != "val/nll":
+        raise MdmError(f"compare: --target-nll is for val/nll; use --target with --metric {args.metric}", 2)
     target = args.target if args.target is not None else args.target_nll
     comparison = compare_runs(
         paths,
@@ -183,7 +185,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         target=target,
         out_dir=out,
         metric=args.metric,
-        higher_is_better=True if args.higher_is_better else None,
+        higher_is_better=args.higher_is_better,
     )
     print(comparison.table_text())
     print(f"plot: {out / 'compare.png'}   table: {out / 'compare.json'}")
@@ -377,7 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories or sweep directories")
     p.add_argument("--baseline", help="a run directory or key=value selecting the baseline arm")
     p.add_argument("--metric", default="val/nll", help="eval metric to compare, e.g. val/puzzle_acc")
-    p.add_argument("--higher-is-better", action="store_true", help="(default for metrics named *acc*)")
+    p.add_argument(
+        "--higher-is-better",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="direction of --metric (default: higher for metrics named *acc*, lower otherwise)",
+    )
     p.add_argument("--target", type=float, help="target value of --metric (default: baseline's final)")
     p.add_argument("--target-nll", type=float, help="the same as --target for val/nll")
     p.add_argument("--out", help="where compare.png / compare.json go")

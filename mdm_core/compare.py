@@ -1,15 +1,17 @@
-"""``mdm compare``: group runs into arms, measure steps and time to a target NLL, and the speed-up.
+"""``mdm compare``: group runs into arms, measure steps and time to a target metric, and the speed-up.
 
 Runs are grouped into *arms* by their resolved spec minus the seed and the run's name and paths; an
 arm is labelled by the fewest spec keys that tell the arms apart (``time_sampler.name=bell``).
-The numbers follow BENCHMARKS.md B1:
+The numbers follow BENCHMARKS.md B1, for any eval metric (``val/nll`` by default; for tasks
+``val/puzzle_acc`` and the like, where higher is better):
 
-* the *target* is ``--target-nll`` or, by default, the baseline arm's final validation NLL (the
+* the *target* is ``--target`` or, by default, the baseline arm's final value of the metric (the
   last point of its seed-mean curve);
-* an arm's *steps to target* is where its seed-mean validation curve (the mean over seeds at each
-  evaluation step they share) first reaches the target, interpolating linearly between the two
-  evaluations around the crossing; *time to target* uses the same fraction on the elapsed-seconds
-  axis. The ± is the spread of the same quantity over the individual seeds;
+* an arm's *steps to target* is where its seed-mean curve (the mean over seeds at each evaluation
+  step they share) first reaches the target (falls to it, or rises to it when higher is better),
+  interpolating linearly between the two evaluations around the crossing; *time to target* uses
+  the same fraction on the elapsed-seconds axis. The ± is the spread of the same quantity over the
+  individual seeds;
 * *speed-up* = baseline steps to target / arm steps to target.
 
 An arm that never reaches the target shows "not reached", never an extrapolated number.
@@ -207,6 +209,16 @@ def load_runs(paths: Sequence[Path], metric: str = DEFAULT_METRIC) -> tuple[list
             else:
                 runs.append(run)
     if not runs:
+        recorded = sorted(
+            {k for d in seen for m in read_metrics(d) if m.get("kind") == "eval" for k in m}
+            - {"kind", "step", "elapsed"}
+        )
+        if recorded:
+            raise MdmError(
+                f"compare: none of the runs has recorded {metric}; they record {', '.join(recorded)} "
+                "(choose one with --metric)",
+                exit_code=2,
+            )
         raise MdmError(f"compare: none of the runs has recorded {metric} yet", exit_code=1)
     return runs, notes
 
@@ -434,7 +446,7 @@ def compare_runs(
 
 
 def plot_comparison(comparison: Comparison, path: Path) -> Path:
-    """Two panels (NLL vs steps, NLL vs wall-clock): seed-mean line, min–max band, target line."""
+    """Two panels (metric vs steps, vs wall-clock): seed-mean line, min–max band, target line."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
 
     fig = Figure(figsize=(11, 4.2))

@@ -310,8 +310,10 @@ def test_a_folder_of_runs_and_bad_paths(runs: dict[str, list[Path]], tmp_path: P
         compare_runs([tmp_path / "missing"])
 
 
-def write_accuracy_run(path: Path, forward: str, seed: int, per_step: float) -> Path:
-    """A run whose val/puzzle_acc rises linearly: acc = per_step · step (capped at 1)."""
+def write_accuracy_run(
+    path: Path, forward: str, seed: int, per_step: float, sec_per_step: float = 0.1
+) -> Path:
+    """A run whose val/puzzle_acc rises linearly: acc = per_step · step + seed offset (capped at 1)."""
     path.mkdir(parents=True)
     config = {"name": "acc", "forward_process": {"name": forward}, "trainer": {"seed": seed}}
     (path / "resolved.yaml").write_text(yaml.safe_dump(config))
@@ -319,9 +321,9 @@ def write_accuracy_run(path: Path, forward: str, seed: int, per_step: float) -> 
         {
             "kind": "eval",
             "step": s,
-            "elapsed": s * 0.1,
+            "elapsed": s * sec_per_step,
             "val/nll": 2.0,
-            "val/puzzle_acc": min(1.0, per_step * s),
+            "val/puzzle_acc": min(1.0, max(0.0, per_step * s + OFFSETS[seed])),
         }
         for s in STEPS
     ]
@@ -329,19 +331,52 @@ def write_accuracy_run(path: Path, forward: str, seed: int, per_step: float) -> 
     return path
 
 
+def test_cross_follows_the_direction_of_the_metric() -> None:
+    rising = [0.1, 0.3, 0.7]
+    up = cross([0, 100, 200], [0.0, 10.0, 30.0], rising, 0.5, higher=True)
+    assert (up.step, up.seconds) == (pytest.approx(150.0), pytest.approx(20.0))
+    assert cross([0, 100, 200], [0.0, 10.0, 30.0], rising, 0.5).step == 0.0
+    assert cross([0, 100], [0.0, 10.0], [0.1, 0.3], 0.5, higher=True).step is None
+
+
 def test_compare_an_accuracy_where_higher_is_better(tmp_path: Path) -> None:
-    runs = [write_accuracy_run(tmp_path / f"base{s}", "absorbing", s, 0.0005) for s in range(2)]
-    runs += [write_accuracy_run(tmp_path / f"puma{s}", "puma", s, 0.001) for s in range(2)]
-    runs += [write_accuracy_run(tmp_path / f"slow{s}", "slow", s, 0.0001) for s in range(2)]
-    comparison = compare_runs(runs, baseline="forward_process.name=absorbing", metric="val/puzzle_acc")
+    """Baseline reaches its final 0.5 at step 1000; puma at 625 (between evaluations) with twice the
+    seconds per step; slow never does."""
+    seeds = (0, 2)
+    runs = [write_accuracy_run(tmp_path / f"base{s}", "absorbing", s, 0.0005) for s in seeds]
+    runs += [write_accuracy_run(tmp_path / f"puma{s}", "puma", s, 0.0008, sec_per_step=0.2) for s in seeds]
+    runs += [write_accuracy_run(tmp_path / f"slow{s}", "slow", s, 0.0001) for s in seeds]
+    out = tmp_path / "cmp"
+    comparison = compare_runs(
+        runs, baseline="forward_process.name=absorbing", metric="val/puzzle_acc", out_dir=out
+    )
     assert comparison.higher_is_better and comparison.metric == "val/puzzle_acc"
-    by_label = {arm.label: arm for arm in comparison.arms}
-    base, puma, slow = (by_label[f"forward_process.name={n}"] for n in ("absorbing", "puma", "slow"))
-    target = 0.0005 * STEPS[-1]
-    assert comparison.target == pytest.approx(target)
-    assert base.crossing.step == pytest.approx(STEPS[-1])
-    assert puma.crossing.step == pytest.approx(STEPS[-1] / 2)
-    assert puma.speedup == pytest.approx(2.0)
-    assert slow.crossing.step is None and slow.speedup is None
+    base, puma, slow = comparison.arms
+    assert base is comparison.baseline and puma.label == "forward_process.name=puma"
+    assert comparison.target == pytest.approx(0.5)
+    assert base.crossing.step == pytest.approx(1000.0)
+    assert puma.crossing.step == pytest.approx(625.0) and puma.crossing.seconds == pytest.approx(125.0)
+    assert [c.step for c in puma.per_seed] == [pytest.approx(637.5), pytest.approx(612.5)]
+    assert puma.speedup == pytest.approx(1.6) and puma.time_speedup == pytest.approx(0.8)
+    assert slow.crossing.step is None and slow.speedup is None and slow.reached == 0
+
     table = comparison.table_text()
-    assert "final val/puzzle_acc" in table and "not reached" in table and "≥" in table
+    assert "final val/puzzle_acc" in table and "target val/puzzle_acc ≥ 0.500" in table
+    slow_row = next(line for line in table.splitlines() if line.startswith(slow.label))
+    assert "not reached" in slow_row and "—" in slow_row
+    puma_row = next(line for line in table.splitlines() if line.startswith(puma.label))
+    assert "625 ± 18" in puma_row and "1.60×" in puma_row and "2m05s" in puma_row
+
+    record = json.loads((out / "compare.json").read_text())
+    assert record["metric"] == "val/puzzle_acc" and record["higher_is_better"] is True
+    assert record["arms"][2]["steps_to_target"]["mean_curve"] is None
+
+    # An explicit target and direction override the defaults: "lower is better" is met at step 0.
+    lower = compare_runs(runs, metric="val/puzzle_acc", target=0.2, higher_is_better=False)
+    assert not lower.higher_is_better and lower.target_source == "--target"
+    assert all(arm.crossing.step == 0.0 for arm in lower.arms)
+
+
+def test_an_unrecorded_metric_names_the_recorded_ones(runs: dict[str, list[Path]]) -> None:
+    with pytest.raises(MdmError, match=r"has recorded val/puzzle_acc; they record val/bpt, val/nll, val/ppl"):
+        compare_runs(runs["uniform"], metric="val/puzzle_acc")
