@@ -1,7 +1,14 @@
 """Maintainer sessions: tests, each plug-in alone, the compatibility matrix, lint, docs, bench.
 
+    nox -l                      # list sessions
+    nox                         # tests, lint, docs
+    nox -s "plugin(name='bell')"
+    nox -s matrix               # rewrites registry/matrix.json and registry/matrix.md
+
 torch is installed first and pinned (the CPU wheel on our machines), so no session pulls a
-multi-GB CUDA build by accident. ``nox -s matrix`` rewrites registry/matrix.json and matrix.md.
+multi-GB CUDA build by accident. The first-party plug-ins are read from the registry catalogue
+(``registry/plugins/*.toml`` with ``status = "first-party"``): adding one there adds it to the
+``plugin`` sessions and to the matrix.
 """
 
 from __future__ import annotations
@@ -9,29 +16,38 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shutil
+import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import nox
 
 ROOT = Path(__file__).parent
 TORCH = "torch==2.13.0"
-PLUGINS = {
-    "dit": "plugins/mdm-plugin-dit",
-    "bell": "plugins/mdm-plugin-bell",
-    "puma": "plugins/mdm-plugin-puma",
-    "triton-loss": "plugins/mdm-plugin-triton-loss",
-}
-#: The override that makes a quick-start run use each plug-in's component.
-USES = {
-    "dit": [],
-    "bell": ["time_sampler.name=bell"],
-    "puma": ["forward_process.name=puma"],
-    "triton-loss": ["loss.name=mdlm_triton"],
-}
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests", "lint", "docs"]
+
+
+def _first_party() -> dict[str, dict[str, Any]]:
+    """Short name (``bell``) → catalogue entry, for every first-party plug-in."""
+    entries = [tomllib.loads(p.read_text()) for p in sorted((ROOT / "registry" / "plugins").glob("*.toml"))]
+    return {
+        e["distribution"].removeprefix("mdm-plugin-"): e for e in entries if e.get("status") == "first-party"
+    }
+
+
+PLUGINS = _first_party()
+#: The quick-start backbone: plug-in tests that train something need it beside them.
+BACKBONE = "dit"
+#: Spec sections a component of each kind is chosen in (evaluators are lists; not swapped here).
+SECTIONS = ("time_sampler", "forward_process", "loss", "backbone", "sampler", "data")
+#: A few seconds of real training: enough to compose every part, checkpoint and evaluate once.
 TINY_RUN = [
     "trainer.max_steps=5",
     "trainer.ckpt_every=5",
-    "trainer.num_samples=0",
+    "trainer.num_samples=1",
     "evaluators.0.every=5",
     "evaluators.0.draws=1",
     "data.num_train=256",
@@ -41,90 +57,136 @@ TINY_RUN = [
     "backbone.heads=2",
     "--quiet",
 ]
-nox.options.sessions = ["tests", "lint", "docs"]
+#: Quick-mode arguments of each benchmark script (default: ``--quick``).
+BENCH_QUICK = {
+    "bench_fused_loss.py": [
+        "--device",
+        "cpu",
+        "--rows",
+        "256",
+        "--vocab",
+        "64",
+        "--repeats",
+        "3",
+        "--warmup",
+        "1",
+    ],
+}
 
 
 def install(session: nox.Session, *plugins: str) -> None:
+    """The pinned torch first, then the core (with test extras) and the named plug-ins, editable."""
     session.install(TORCH)
-    session.install("-e", ".[test]", *(arg for name in plugins for arg in ("-e", PLUGINS[name])))
+    editable = [arg for name in plugins for arg in ("-e", PLUGINS[name]["source"])]
+    session.install("-e", ".[test]", *editable)
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The README's test command against core + every first-party plug-in."""
+    """The whole test suite against the core and every first-party plug-in."""
     install(session, *PLUGINS)
     session.run("python", "-m", "pytest", *session.posargs)
 
 
 @nox.session
-@nox.parametrize("plugin", list(PLUGINS))
-def plugin(session: nox.Session, plugin: str) -> None:
-    """One plug-in's own tests against the core, with no other plug-in installed (DiT aside)."""
-    install(session, *sorted({"dit", plugin}))
-    session.run("python", "-m", "pytest", PLUGINS[plugin], *session.posargs)
+@nox.parametrize("name", list(PLUGINS))
+def plugin(session: nox.Session, name: str) -> None:
+    """One plug-in's own tests against the core, with no other plug-in installed but the backbone."""
+    install(session, *dict.fromkeys([BACKBONE, name]))
+    session.run("python", "-m", "pytest", PLUGINS[name]["source"], *session.posargs)
+
+
+def _uses(name: str) -> list[str]:
+    """Overrides that make the quick-start run use plug-in ``name``'s components."""
+    components = PLUGINS[name]["components"]
+    return [f"{kind}.name={components[kind][0]}" for kind in SECTIONS if kind in components]
+
+
+def _timed(session: nox.Session, *args: str) -> tuple[str, float]:
+    """Run a check with plug-in load errors fatal; ("pass" | "fail", seconds)."""
+    start = time.monotonic()
+    try:
+        session.run(*args, env={"MDM_STRICT_PLUGINS": "1"})
+    except nox.command.CommandFailed:
+        return "fail", time.monotonic() - start
+    return "pass", time.monotonic() - start
 
 
 @nox.session
 def matrix(session: nox.Session) -> None:
-    """Each plug-in's tests, then each pair composed in a short real training run."""
+    """Every plug-in's tests, and every pair composed in a short training run, to registry/.
+
+    Pairs run the quick-start spec with both plug-ins' components selected; the results are
+    written to registry/matrix.json and registry/matrix.md.
+    """
     install(session, *PLUGINS)
-    results = []
-    for name, path in PLUGINS.items():
-        ok = _passes(session, "python", "-m", "pytest", "-q", path)
-        results.append({"plugins": [name], "check": "own tests", "ok": ok})
-    tmp = Path(session.create_tmp())
+    results: list[dict[str, Any]] = []
+    for name, entry in PLUGINS.items():
+        command = ["python", "-m", "pytest", "-q", entry["source"]]
+        status, seconds = _timed(session, *command)
+        results.append({"plugins": [name], "check": "own tests", "status": status,
+                        "seconds": seconds, "command": " ".join(command)})  # fmt: skip
+    runs = Path(session.create_tmp()) / "matrix-runs"
     for a, b in itertools.combinations(PLUGINS, 2):
-        run_dir = tmp / f"{a}+{b}"
-        args = [
-            "mdm",
-            "train",
-            "specs/quickstart.yaml",
-            *USES[a],
-            *USES[b],
-            *TINY_RUN,
-            "--run-dir",
-            str(run_dir),
-        ]
-        results.append({"plugins": [a, b], "check": "composed training run", "ok": _passes(session, *args)})
-    from mdm_core.registry_catalog import write_matrix
-
-    write_matrix(results, ROOT / "registry")
-    if not all(r["ok"] for r in results):
-        session.error("some combinations failed; see registry/matrix.md")
-
-
-def _passes(session: nox.Session, *args: str) -> bool:
-    try:
-        session.run(*args, env={"MDM_STRICT_PLUGINS": "1"})
-    except nox.command.CommandFailed:
-        return False
-    return True
+        cell = {"plugins": [a, b], "check": "composed training run"}
+        if set(PLUGINS[a]["components"]) & set(PLUGINS[b]["components"]):
+            results.append({**cell, "status": "not applicable"})  # both fill the same slot
+            continue
+        run_dir = runs / f"{a}+{b}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        command = ["mdm", "train", "specs/quickstart.yaml", *_uses(a), *_uses(b), *TINY_RUN,
+                   "--run-dir", str(run_dir)]  # fmt: skip
+        status, seconds = _timed(session, *command)
+        results.append({**cell, "status": status, "seconds": seconds, "command": " ".join(command)})
+    path = Path(session.create_tmp()) / "matrix-results.json"
+    path.write_text(json.dumps(results, indent=1))
+    session.run("python", "-m", "mdm_core.registry_catalog", "matrix", str(path), str(ROOT / "registry"))
+    failed = [" + ".join(r["plugins"]) + f" ({r['check']})" for r in results if r["status"] == "fail"]
+    if failed:
+        session.error("failed: " + "; ".join(failed) + " — see registry/matrix.md")
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
+    """ruff and mypy over the core and every first-party plug-in."""
     install(session, *PLUGINS)
     session.install("ruff", "mypy")
     session.run("ruff", "check", ".")
-    session.run("mypy", "mdm_core", *(f"{p}/src" for p in PLUGINS.values()))
+    session.run("mypy", "mdm_core", *(f"{e['source']}/src" for e in PLUGINS.values()))
+
+
+def _markdown_pages() -> list[Path]:
+    skip = {".git", ".nox", ".venv", ".ci-venv", "runs", "build", "node_modules"}
+    return sorted(
+        p
+        for p in ROOT.rglob("*.md")
+        if not skip & set(p.relative_to(ROOT).parts)
+        and not any(part.endswith(".egg-info") for part in p.parts)
+    )
 
 
 @nox.session(python=False)
 def docs(session: nox.Session) -> None:
-    """Every relative link in README.md and docs/ points at a file that exists."""
+    """Every relative link in the repository's Markdown points at a file that exists."""
+    pages = _markdown_pages()
     broken = []
-    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
-        for target in re.findall(r"\]\(([^)#\s]+)", page.read_text()):
-            if "://" not in target and not (page.parent / target).exists():
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # links in code are examples
+        for target in re.findall(r"\]\(<?([^)#\s>]+)", text):
+            if (
+                "://" not in target
+                and not target.startswith("mailto:")
+                and not (page.parent / target).exists()
+            ):
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     if broken:
         session.error("broken links:\n" + "\n".join(broken))
-    session.log(json.dumps({"checked_pages": 1 + len(list((ROOT / "docs").rglob("*.md")))}))
+    session.log(f"{len(pages)} Markdown pages, every relative link resolves")
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Quick versions of the benchmark scripts (figures for RESULTS.md need the full runs)."""
+    """Every benchmark script in quick mode: a smoke test (RESULTS.md figures need full runs)."""
     install(session, *PLUGINS)
-    quick = ["--device", "cpu", "--rows", "256", "--vocab", "64", "--repeats", "3", "--warmup", "1"]
-    session.run("python", "benchmarks/bench_fused_loss.py", *quick)
+    for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
+        session.run("python", str(script.relative_to(ROOT)), *BENCH_QUICK.get(script.name, ["--quick"]))

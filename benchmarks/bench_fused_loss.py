@@ -23,7 +23,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import torch
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"  done B·L={rows} V={vocab_size} {dtype_name}", flush=True)
     print(table(records, list(impls)))
     if args.json:
-        report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine,
+        report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine,
                   "fused_path": path, "torch": torch.__version__, "args": vars(args), "rows": records}
         with open(args.json, "w") as fh:
             json.dump(report, fh, indent=2)

@@ -284,9 +284,8 @@ class Trainer:
             batch = self.stream.batch(self.step, micro=micro, num_micro=accum)
             gen = step_generator(self.cfg.seed, self.env.rank, self.step, micro)
             example = self.parts.forward_process.prepare(batch, self.parts.time_sampler, gen, progress)
-            sync = (
-                contextlib.nullcontext() if micro == accum - 1 or not self.env.enabled else self.net.no_sync()
-            )  # type: ignore[operator]
+            last = micro == accum - 1 or not self.env.enabled
+            sync = contextlib.nullcontext() if last else self._no_sync()
             with sync:
                 with self.autocast:
                     logits = model_forward(self.net, example, self.uses_time)
@@ -310,6 +309,12 @@ class Trainer:
             self.ema.update_parameters(self.model)
         self.step += 1
         return total
+
+    def _no_sync(self) -> contextlib.AbstractContextManager[None]:
+        """DDP: skip the gradient all-reduce on accumulation micro-steps before the last one."""
+        ddp = getattr(self.net, "_orig_mod", self.net)  # under torch.compile, the wrapped module
+        assert isinstance(ddp, DistributedDataParallel)
+        return ddp.no_sync()
 
     def _diverged(self, what: str) -> str:
         ckpt = checkpoint.latest_checkpoint(self.run_dir / "ckpt")

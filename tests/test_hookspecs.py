@@ -1,41 +1,59 @@
-"""Every hook is documented and is called, with its documented arguments, by a real run."""
+"""Every hook is documented (docstring and docs/hooks.md, with its arguments) and reaches a real
+plug-in object, through the plug-in manager, with the arguments it documents."""
 
 from __future__ import annotations
 
+import argparse
 import inspect
+import json
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mdm_core import hookimpl, hookspecs
+import pytest
+
+from mdm_core import ComponentRef, hookimpl, hookspecs
+from mdm_core.cli import main
 from mdm_core.plugins import get_registry
 from mdm_core.spec import load_spec
 from mdm_core.trainer import RunContext, train
 
-HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("mdm_")]
+HOOKS = {
+    name: fn for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("mdm_")
+}
+PROBE = ComponentRef("time_sampler", "hook_probe", "mdm_core.builtin.time_samplers:UniformTimeSampler")
+DOCS = (Path(__file__).resolve().parent.parent / "docs" / "hooks.md").read_text()
 
 
-def test_every_hookspec_is_documented() -> None:
+def test_every_hookspec_is_documented_with_its_arguments() -> None:
     assert set(HOOKS) == {
         "mdm_components", "mdm_run_start", "mdm_step_end", "mdm_eval_end", "mdm_run_end",
         "mdm_cli_commands", "mdm_status",
     }  # fmt: skip
-    docs = (Path(__file__).resolve().parent.parent / "docs" / "hooks.md").read_text()
-    for name in HOOKS:
-        assert (getattr(hookspecs, name).__doc__ or "").strip(), name
-        assert f"`{name}(" in docs, f"{name} missing from docs/hooks.md"
+    for name, spec in HOOKS.items():
+        assert (spec.__doc__ or "").strip(), f"{name} has no docstring"
+        documented = re.search(rf"`{name}\(([^)]*)\)", DOCS)
+        assert documented, f"{name} missing from docs/hooks.md"
+        args = [a.strip() for a in documented.group(1).split(",") if a.strip()]
+        assert args == list(inspect.signature(spec).parameters), f"docs/hooks.md: arguments of {name}"
 
 
-class Recorder:
-    """A real plug-in object recording the lifecycle hooks it receives."""
+class Everything:
+    """A real plug-in object implementing every hook and recording what it receives."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
     @hookimpl
+    def mdm_components(self) -> list[ComponentRef]:
+        return [PROBE]
+
+    @hookimpl
     def mdm_run_start(self, run: RunContext) -> None:
-        self.calls.append(("start", run.rank))
+        self.calls.append(("start", (run.rank, run.run_dir.is_dir())))
 
     @hookimpl
     def mdm_step_end(self, run: RunContext, step: int, metrics: dict[str, float]) -> None:
@@ -47,20 +65,55 @@ class Recorder:
 
     @hookimpl
     def mdm_run_end(self, run: RunContext, metrics: dict[str, float]) -> None:
-        self.calls.append(("end", run.run_dir.is_dir()))
+        self.calls.append(("end", (run.run_dir / "summary.json").is_file() and "val/nll" in metrics))
+
+    @hookimpl
+    def mdm_cli_commands(self, subparsers: Any) -> None:
+        parser = subparsers.add_parser("hook-probe", help="say hello")
+        parser.add_argument("--who", default="world")
+        parser.set_defaults(func=self.hello)
+
+    def hello(self, args: argparse.Namespace) -> int:
+        self.calls.append(("cli", args.who))
+        return 0
+
+    @hookimpl
+    def mdm_status(self) -> dict[str, str]:
+        return {"hook_probe": "probe is alive"}
 
 
-def test_lifecycle_hooks_arrive_in_order(tiny_spec: Path) -> None:
-    """An evaluation at step s is reported before step s's own step hook."""
-    recorder = Recorder()
+@pytest.fixture
+def probe() -> Iterator[Everything]:
+    """The probe registered with the process-wide plug-in manager (validated by pluggy against
+    the specs' argument names), and removed afterwards."""
+    plugin = Everything()
     pm = get_registry().pm
-    pm.register(recorder, name="recorder")
+    pm.register(plugin, name="hook-probe")
     try:
-        train(load_spec(tiny_spec, ["trainer.max_steps=4", "evaluators.0.every=2"]), quiet=True)
+        yield plugin
     finally:
-        pm.unregister(recorder)
-    assert recorder.calls == [
-        ("start", 0),
+        pm.unregister(plugin)
+
+
+def test_registration_and_cli_hooks(probe: Everything, capsys: pytest.CaptureFixture[str]) -> None:
+    declared = [ref for refs in get_registry().pm.hook.mdm_components() for ref in refs]
+    assert PROBE in declared
+    assert main(["hook-probe", "--who", "mdm"]) == 0
+    assert probe.calls == [("cli", "mdm")]
+    assert main(["plugins", "--json", "--status"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"]["hook_probe"] == "probe is alive"
+    assert "mdm_status" in report["hooks"]["hook-probe"]
+
+
+def test_lifecycle_hooks_arrive_in_order(probe: Everything, tiny_spec: Path) -> None:
+    """An evaluation at step s is reported before step s's own step hook."""
+    train(
+        load_spec(tiny_spec, ["trainer.max_steps=4", "evaluators.0.every=2", "trainer.num_samples=0"]),
+        quiet=True,
+    )
+    assert probe.calls == [
+        ("start", (0, True)),
         ("step", 1),
         ("eval", (2, True)),
         ("step", 2),

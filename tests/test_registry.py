@@ -1,54 +1,171 @@
-"""The registry catalogue: valid entries, a schema that cannot drift, and truthful first-party data."""
+"""The registry catalogue: valid entries, a schema that cannot drift, truthful first-party data,
+the installed-versus-catalogued comparison, and the matrix files."""
 
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
-from packaging.specifiers import SpecifierSet
+from packaging.requirements import Requirement
 
 from mdm_core.cli import main
 from mdm_core.errors import MdmError
 from mdm_core.plugins import core_version, get_registry
-from mdm_core.registry_catalog import CatalogEntry, compare_installed, load_catalog, write_matrix
+from mdm_core.registry_catalog import (
+    CHECK_PAIR,
+    CatalogEntry,
+    MatrixResult,
+    compare_installed,
+    load_catalog,
+    pending_matrix,
+    schema,
+    write_matrix,
+)
 
-REGISTRY = Path(__file__).resolve().parent.parent / "registry"
+ROOT = Path(__file__).resolve().parent.parent
+REGISTRY = ROOT / "registry"
+GOOD: dict[str, Any] = {
+    "distribution": "mdm-plugin-cosine-t",
+    "version": "0.1.0",
+    "summary": "cosine-shaped time sampling",
+    "components": {"time_sampler": ["cosine_t"]},
+    "core": "mdm-core>=0.1,<0.2",
+    "source": "https://example.org/mdm-plugin-cosine-t",
+    "status": "third-party",
+}
 
 
 def test_schema_file_is_generated_from_the_model() -> None:
-    assert json.loads((REGISTRY / "schema.json").read_text()) == CatalogEntry.model_json_schema()
+    assert json.loads((REGISTRY / "schema.json").read_text()) == schema(), (
+        "registry/schema.json is stale: python -m mdm_core.registry_catalog schema registry"
+    )
 
 
-def test_first_party_entries_match_the_installed_plugins() -> None:
-    catalog = load_catalog(REGISTRY)
+def test_every_first_party_plugin_is_catalogued_truthfully() -> None:
+    """Each plugins/<dist> has an entry whose components, version and core range are what the
+    distribution itself declares and what the installed plug-in registers."""
+    catalog = {e.distribution: e for e in load_catalog(REGISTRY)}
+    first_party = {e.source for e in catalog.values() if e.status == "first-party"}
+    assert first_party == {f"plugins/{p.name}" for p in (ROOT / "plugins").iterdir() if p.is_dir()}
     installed = {p.distribution: p for p in get_registry().plugins}
-    for entry in catalog:
+    for entry in catalog.values():
+        if entry.status != "first-party":
+            continue
+        project = tomllib.loads((ROOT / entry.source / "pyproject.toml").read_text())["project"]
+        assert (project["name"], project["version"]) == (entry.distribution, entry.version)
+        core = next(Requirement(r) for r in project["dependencies"] if r.startswith("mdm-core"))
+        assert core.specifier == Requirement(entry.core).specifier, entry.distribution
         plugin = installed[entry.distribution]
         declared: dict[str, list[str]] = {}
         for ref in plugin.components:
             declared.setdefault(ref.kind, []).append(ref.name)
-        assert entry.components == declared, entry.distribution
-        assert entry.version == plugin.version
-        assert core_version() in SpecifierSet(entry.core.removeprefix("mdm-core"))
-        assert (REGISTRY.parent / entry.source / "pyproject.toml").is_file()
-    assert all(row["status"] == "ok" for row in compare_installed(catalog, get_registry()))
+        assert dict(entry.components) == declared, entry.distribution
+        assert plugin.version == entry.version
+        assert entry.admits(core_version()), f"{entry.distribution} does not admit mdm-core {core_version()}"
 
 
-def test_invalid_entry_names_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"distribution": "cosine-t"}, "distribution"),
+        ({"version": "one"}, "version"),
+        ({"components": {"optimizer": ["adam"]}}, "components"),
+        ({"components": {"time_sampler": []}}, "components"),
+        ({"components": {"time_sampler": ["cosine-t"]}}, "components"),
+        ({"core": "torch>=2"}, "core"),
+        ({"core": "mdm-core>=0.1,<<0.2"}, "core"),
+        ({"status": "official"}, "status"),
+        ({"homepage": "https://example.org"}, "homepage"),
+    ],
+)
+def test_invalid_entries_name_the_file_and_field(change: dict[str, Any], field: str, tmp_path: Path) -> None:
     (tmp_path / "plugins").mkdir()
-    (tmp_path / "plugins" / "bad.toml").write_text('distribution = "x"\nversion = 1\n')
-    with pytest.raises(MdmError, match="bad.toml"):
+    entry = {**GOOD, **change}
+    body = "\n".join(f"{key} = {json.dumps(value)}" for key, value in entry.items() if key != "components")
+    components = "\n".join(f"{kind} = {json.dumps(names)}" for kind, names in entry["components"].items())
+    (tmp_path / "plugins" / "mdm-plugin-cosine-t.toml").write_text(f"{body}\n[components]\n{components}\n")
+    with pytest.raises(MdmError, match="mdm-plugin-cosine-t.toml") as info:
+        load_catalog(tmp_path)
+    assert field in str(info.value)
+
+
+def test_a_valid_third_party_entry_and_the_file_name_rule(tmp_path: Path) -> None:
+    (tmp_path / "plugins").mkdir()
+    text = "\n".join(f"{k} = {json.dumps(v)}" for k, v in GOOD.items() if k != "components")
+    path = tmp_path / "plugins" / "mdm-plugin-cosine-t.toml"
+    path.write_text(text + '\n[components]\ntime_sampler = ["cosine_t"]\n')
+    assert load_catalog(tmp_path) == [CatalogEntry.model_validate(GOOD)]
+    path.rename(tmp_path / "plugins" / "cosine.toml")
+    with pytest.raises(MdmError, match="name the file mdm-plugin-cosine-t.toml"):
+        load_catalog(tmp_path)
+    (tmp_path / "plugins" / "cosine.toml").unlink()
+    with pytest.raises(MdmError, match="no registry entries"):
         load_catalog(tmp_path)
 
 
+def test_compare_installed_against_the_catalogue() -> None:
+    catalog = load_catalog(REGISTRY)
+    registry = get_registry()
+    rows = {r["distribution"]: r for r in compare_installed(catalog, registry)}
+    assert {r["status"] for r in rows.values()} == {"ok"}
+    assert rows["mdm-plugin-bell"] == {
+        "distribution": "mdm-plugin-bell", "catalogued": "0.1.0", "installed": "0.1.0", "status": "ok"
+    }  # fmt: skip
+    bell = next(e for e in catalog if e.distribution == "mdm-plugin-bell")
+    edited = [
+        bell.model_copy(update={"version": "0.2.0"}),
+        CatalogEntry.model_validate(GOOD),
+    ]
+    rows = {r["distribution"]: r for r in compare_installed(edited, registry)}
+    assert rows["mdm-plugin-bell"]["status"] == "version differs"
+    assert rows["mdm-plugin-cosine-t"] == {
+        "distribution": "mdm-plugin-cosine-t",
+        "catalogued": "0.1.0",
+        "installed": "-",
+        "status": "not installed",
+    }
+    assert rows["mdm-plugin-dit"]["status"] == "not catalogued"
+    assert "mdm-core" not in rows
+
+
 def test_plugins_command_compares_with_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins", "--json", "--registry", str(REGISTRY)]) == 0
+    rows = json.loads(capsys.readouterr().out)["registry"]
+    assert {r["distribution"] for r in rows} == {e.distribution for e in load_catalog(REGISTRY)}
     assert main(["plugins", "--registry", str(REGISTRY)]) == 0
-    out = capsys.readouterr().out
-    assert "distribution=mdm-plugin-bell" in out and "status=ok" in out
+    assert "distribution=mdm-plugin-bell" in capsys.readouterr().out
 
 
-def test_matrix_writer(tmp_path: Path) -> None:
-    write_matrix([{"plugins": ["bell", "puma"], "check": "composed training run", "ok": False}], tmp_path)
-    assert "| bell + puma | composed training run | FAIL |" in (tmp_path / "matrix.md").read_text()
-    assert json.loads((tmp_path / "matrix.json").read_text())[0]["ok"] is False
+def test_matrix_files(tmp_path: Path) -> None:
+    cells = pending_matrix(["a", "b", "c"])
+    assert [(c.plugins, c.check) for c in cells][3:] == [
+        (["a", "b"], CHECK_PAIR), (["a", "c"], CHECK_PAIR), (["b", "c"], CHECK_PAIR)
+    ]  # fmt: skip
+    cells[0] = cells[0].model_copy(update={"status": "pass", "seconds": 12.3})
+    cells[4] = cells[4].model_copy(update={"status": "fail", "seconds": 40.0})
+    write_matrix(cells, tmp_path, environment={"mdm-core": "0.1.0", "torch": "2.13.0"})
+    md = (tmp_path / "matrix.md").read_text()
+    assert "mdm-core 0.1.0, torch 2.13.0" in md
+    assert "| **a** | pass | not yet generated | **FAIL** |" in md
+    assert "| **c** | **FAIL** | not yet generated | not yet generated |" in md
+    assert "| a + c | composed training run | **FAIL** | 40 |" in md
+    data = json.loads((tmp_path / "matrix.json").read_text())
+    assert [MatrixResult.model_validate(r) for r in data["results"]] == cells
+    assert data["environment"]["torch"] == "2.13.0" and data["generated"]
+
+
+def test_the_published_matrix_covers_every_first_party_plugin_and_pair() -> None:
+    data = json.loads((REGISTRY / "matrix.json").read_text())
+    results = [MatrixResult.model_validate(r) for r in data["results"]]
+    first_party = {
+        e.distribution.removeprefix("mdm-plugin-")
+        for e in load_catalog(REGISTRY)
+        if e.status == "first-party"
+    }
+    assert {r.plugins[0] for r in results if len(r.plugins) == 1} == first_party
+    pairs = {frozenset(r.plugins) for r in results if len(r.plugins) == 2}
+    assert pairs == {frozenset((a, b)) for a in first_party for b in first_party if a != b}
+    assert "# Compatibility matrix" in (REGISTRY / "matrix.md").read_text()

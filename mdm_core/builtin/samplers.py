@@ -94,6 +94,7 @@ class AncestralSampler(Sampler):
     From t to s < t a masked position becomes v with probability p_θ(v)·(α_s − α_t)/(1 − α_t) and
     stays masked otherwise. Without time conditioning the denoiser depends only on the state, so
     it is called again only after some token was revealed: NFE ≤ number of distinct states.
+    ``cache=False`` calls it at every grid step instead: the uncached reference for benchmarks.
     """
 
     name = "ancestral"
@@ -102,6 +103,10 @@ class AncestralSampler(Sampler):
         steps: int = Field(default=128, ge=1, description="grid steps from t = 1 to eps")
         eps: float = Field(
             default=1e-5, gt=0.0, lt=1.0, description="last grid time; leftovers get the argmax"
+        )
+        cache: bool = Field(
+            default=True,
+            description="reuse the denoiser while the state is unchanged; false calls it every step",
         )
 
     params: Params
@@ -122,12 +127,13 @@ class AncestralSampler(Sampler):
         grid = torch.linspace(1.0, self.params.eps, self.params.steps + 1, dtype=torch.float64)
         nfe = 0
         probs: Tensor | None = None
+        refresh = model.uses_time or not self.params.cache
         with inference(model):
             for t, s in pairwise(grid.tolist()):
                 masked = z == vocab.mask_id
                 if not masked.any():
                     break
-                if probs is None or model.uses_time:
+                if probs is None or refresh:
                     probs = denoiser_probs(model, z, vocab, torch.full((num_samples,), t, device=device))
                     nfe += 1
                 a_t, a_s = alpha(torch.tensor([t, s], dtype=torch.float64)).tolist()
@@ -139,7 +145,7 @@ class AncestralSampler(Sampler):
                     probs = None
             masked = z == vocab.mask_id
             if masked.any():
-                if probs is None or model.uses_time:
+                if probs is None or refresh:
                     time = torch.full((num_samples,), self.params.eps, device=device)
                     probs = denoiser_probs(model, z, vocab, time)
                     nfe += 1
