@@ -69,9 +69,9 @@ class CatalogEntry(BaseModel):
             raise ValueError(f"'{value}' must bound {CORE_DISTRIBUTION}, e.g. 'mdm-core>=0.1,<0.2'")
         return value
 
-    def admits(self, core_version: str) -> bool:
-        """Whether this plug-in declares support for that core version."""
-        return Requirement(self.core).specifier.contains(core_version, prereleases=True)
+    def admits(self, version: str) -> bool:
+        """Whether this plug-in declares support for that mdm-core version."""
+        return Requirement(self.core).specifier.contains(version, prereleases=True)
 
 
 def schema() -> dict[str, Any]:
@@ -233,10 +233,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(entries)} entries valid; wrote {args.directory / 'schema.json'}")
         else:
             results = [MatrixResult.model_validate(r) for r in json.loads(args.results.read_text())]
+            import torch
+
+            gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
             environment = {
                 "mdm-core": core_version(),
                 "torch": metadata.version("torch"),
                 "python": platform.python_version(),
+                "device": f"cuda ({gpu})" if gpu else "cpu",
             }
             write_matrix(results, args.directory, environment)
             print(f"wrote {args.directory / 'matrix.md'} and matrix.json")

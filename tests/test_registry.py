@@ -6,17 +6,19 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from packaging.requirements import Requirement
 
 from mdm_core.cli import main
 from mdm_core.errors import MdmError
+from mdm_core.interfaces import KINDS
 from mdm_core.plugins import core_version, get_registry
 from mdm_core.registry_catalog import (
     CHECK_PAIR,
     CatalogEntry,
+    Kind,
     MatrixResult,
     compare_installed,
     load_catalog,
@@ -24,6 +26,7 @@ from mdm_core.registry_catalog import (
     schema,
     write_matrix,
 )
+from mdm_core.registry_catalog import main as registry_main
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY = ROOT / "registry"
@@ -36,6 +39,10 @@ GOOD: dict[str, Any] = {
     "source": "https://example.org/mdm-plugin-cosine-t",
     "status": "third-party",
 }
+
+
+def test_catalogue_kinds_are_the_interface_kinds() -> None:
+    assert get_args(Kind) == KINDS
 
 
 def test_schema_file_is_generated_from_the_model() -> None:
@@ -155,6 +162,23 @@ def test_matrix_files(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "matrix.json").read_text())
     assert [MatrixResult.model_validate(r) for r in data["results"]] == cells
     assert data["environment"]["torch"] == "2.13.0" and data["generated"]
+
+
+def test_the_module_command_writes_schema_and_matrix(tmp_path: Path) -> None:
+    """What ``nox -s matrix`` and maintainers run: ``python -m mdm_core.registry_catalog ...``."""
+    (tmp_path / "plugins").mkdir()
+    for entry in (REGISTRY / "plugins").glob("*.toml"):
+        (tmp_path / "plugins" / entry.name).write_text(entry.read_text())
+    assert registry_main(["schema", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "schema.json").read_text()) == schema()
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([{"plugins": ["x"], "check": "own tests", "status": "pass", "seconds": 1}]))
+    assert registry_main(["matrix", str(results), str(tmp_path)]) == 0
+    written = json.loads((tmp_path / "matrix.json").read_text())
+    assert written["environment"]["mdm-core"] == core_version() and written["environment"]["device"]
+    assert "| **x** | pass |" in (tmp_path / "matrix.md").read_text()
+    (tmp_path / "plugins" / "mdm-plugin-bell.toml").write_text('status = "official"\n')
+    assert registry_main(["schema", str(tmp_path)]) == 2
 
 
 def test_the_published_matrix_covers_every_first_party_plugin_and_pair() -> None:
