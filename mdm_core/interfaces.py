@@ -4,11 +4,15 @@ Every component is a class with a registered ``name``, a pydantic ``Params`` mod
 (``extra="forbid"``) and a docstring whose first line is its one-line summary. The trainer
 only ever talks to these interfaces, so a plug-in that honours them composes with every other.
 
-Data flow of one training step::
+Every component but the data source is built once as ``cls(params, shape)`` with its run's
+:class:`RunShape`. Data flow of one training step::
 
     Batch --ForwardProcess.prepare(batch, TimeSampler)--> TrainingExample
     TrainingExample --Backbone--> logits --Loss--> LossOutput
-    (after the optimiser step) ForwardProcess.feedback(example, detached logits)
+    (after the optimiser step, if the process asks) ForwardProcess.feedback(example, detached logits)
+
+and of generation: ``ForwardProcess.inference()`` → :class:`InferenceRecord` →
+:meth:`SamplingContext.of` → ``Sampler.generate``.
 """
 
 from __future__ import annotations
@@ -19,18 +23,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-KINDS: tuple[str, ...] = (
-    "time_sampler",
-    "forward_process",
-    "loss",
-    "backbone",
-    "sampler",
-    "evaluator",
-    "data",
-)
+from mdm_core.errors import MdmError
+from mdm_core.kinds import KINDS as KINDS
+from mdm_core.layouts import AttentionLayout as AttentionLayout
+from mdm_core.layouts import BD3Layout as BD3Layout
+from mdm_core.layouts import BlockCausalLayout as BlockCausalLayout
+from mdm_core.layouts import FullLayout as FullLayout
+from mdm_core.layouts import MaskLayout as MaskLayout
 
 
 class Params(BaseModel):
@@ -43,14 +45,24 @@ _BaseParams = Params
 
 
 class Component:
-    """What every component shares: a registered name, its parameters, and a one-line doc."""
+    """What every component shares: a registered name, its parameters, a one-line doc, and the
+    shape of the run it was built for (None only for data sources, which define that shape)."""
 
     name: ClassVar[str]
     kind: ClassVar[str]
     Params: ClassVar[type[_BaseParams]] = _BaseParams
 
-    def __init__(self, params: _BaseParams | None = None) -> None:
+    def __init__(self, params: _BaseParams | None = None, shape: RunShape | None = None) -> None:
         self.params = params if params is not None else type(self).Params()
+        self.shape = shape
+
+    def require_shape(self) -> RunShape:
+        """The run shape, or a clear error when a test built the component without one."""
+        if self.shape is None:
+            raise MdmError(
+                f"{self.kind} '{self.name}' needs its run's shape: build it as cls(params, RunShape(...))"
+            )
+        return self.shape
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,6 +82,29 @@ class Vocab:
     def num_regular(self) -> int:
         """Ids a model may ever predict (everything but PAD and MASK)."""
         return self.size - 2
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """The shape of the run a component is built for, passed once at construction.
+
+    ``batch_size`` is this process's micro-batch (global batch / world size / grad_accum);
+    ``seed`` is the run's seed (use :attr:`rank_seed` for per-rank state such as a pool).
+    """
+
+    vocab: Vocab
+    seq_len: int
+    batch_size: int = 1
+    grad_accum: int = 1
+    max_steps: int = 1
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def rank_seed(self) -> int:
+        """A seed that differs between ranks (each rank owns its own stateful pieces)."""
+        return self.seed * 1000 + self.rank
 
 
 @dataclass
@@ -103,48 +138,6 @@ class Batch:
 
 
 @dataclass
-class AttentionLayout:
-    """Which keys each query may see; built by a ForwardProcess, honoured by every Backbone.
-
-    kind:
-      - ``full``: bidirectional over the non-pad keys;
-      - ``block_causal``: bidirectional inside blocks of ``block_size``, causal across blocks;
-      - ``mask``: an arbitrary boolean ``mask`` ``[B or 1, Lq, Lk]``, True = may attend.
-    ``key_padding`` ``[B, Lk]`` (True = real token) applies on top of every kind.
-    ``prompt_len`` records the prompt/response split for components that care (per sequence).
-    """
-
-    kind: Literal["full", "block_causal", "mask"] = "full"
-    block_size: int | None = None
-    mask: Tensor | None = None
-    key_padding: Tensor | None = None
-    prompt_len: Tensor | None = None
-
-    def dense(self, length: int, device: torch.device | None = None) -> Tensor | None:
-        """The layout as a boolean ``[B or 1, L, L]`` mask, or None when every key is visible."""
-        allowed: Tensor | None
-        if self.kind == "full":
-            allowed = None
-        elif self.kind == "block_causal":
-            if not self.block_size:
-                raise ValueError("block_causal layout needs block_size")
-            block = torch.arange(length, device=device) // self.block_size
-            allowed = (block[None, :] <= block[:, None])[None]
-        else:
-            if self.mask is None:
-                raise ValueError("mask layout needs a mask tensor")
-            allowed = self.mask
-        if self.key_padding is not None and not bool(self.key_padding.all()):
-            keys = self.key_padding[:, None, :]
-            allowed = keys if allowed is None else allowed & keys
-            # A fully padded query row would attend to nothing; let it see itself (its output is
-            # never used) so that softmax stays finite.
-            eye = torch.eye(length, dtype=torch.bool, device=allowed.device)[None]
-            allowed = allowed | eye
-        return allowed
-
-
-@dataclass
 class TrainingExample:
     """What a ForwardProcess makes of a clean batch.
 
@@ -162,7 +155,7 @@ class TrainingExample:
     weights: Tensor
     normaliser: Tensor
     t: Tensor
-    layout: AttentionLayout = field(default_factory=AttentionLayout)
+    layout: AttentionLayout = field(default_factory=FullLayout)
     position_ids: Tensor | None = None
 
     def with_weights(self, weights: Tensor) -> TrainingExample:
@@ -192,13 +185,27 @@ class SampleOutput:
 
 
 class TimeSampler(Component, abc.ABC):
-    """Draws diffusion times t ∈ (0, 1] for a batch."""
+    """Draws diffusion times t ∈ (0, 1] for a batch, through the inverse CDF of its law.
+
+    ``quantile(u)`` is the law's inverse CDF; ``sample`` draws one uniform per stratum
+    (``u_i = (U_i + i)/n`` over the flattened shape, METHODS §1) and maps it through ``quantile``,
+    so every sampler is stratified and processes that need the law itself (PUMA's stages) can
+    read it from ``quantile``.
+    """
 
     kind = "time_sampler"
 
     @abc.abstractmethod
+    def quantile(self, u: Tensor, progress: float = 0.0) -> Tensor:
+        """Inverse CDF of the law of t at training fraction ``progress``: u ∈ [0, 1] → t ∈ (0, 1]."""
+
     def sample(self, shape: tuple[int, ...], generator: torch.Generator, progress: float = 0.0) -> Tensor:
         """Stratified draws of ``shape`` in (0, 1]; ``progress`` ∈ [0, 1] is the training fraction."""
+        return self.quantile(stratified_uniforms(shape, generator), progress).to(torch.float32)
+
+    def is_uniform(self) -> bool:
+        """True when the law is U(ε, 1) (processes that cannot use a law accept only this one)."""
+        return False
 
     def loss_weight(self, t: Tensor, progress: float = 0.0) -> Tensor:
         """Multiplier on the ELBO weight w(t); 1 unless the sampler corrects for its density."""
@@ -209,23 +216,74 @@ class TimeSampler(Component, abc.ABC):
         return torch.zeros_like(t)
 
 
+def stratified_uniforms(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    """Float64 ``u_i = (U_i + i)/n`` over the flattened ``shape``: one independent uniform per stratum."""
+    n = 1
+    for dim in shape:
+        n *= dim
+    offsets = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64)
+    index = torch.arange(n, device=generator.device, dtype=torch.float64)
+    return ((offsets + index) / max(n, 1)).reshape(shape)
+
+
+def log_linear_alpha(t: Tensor) -> Tensor:
+    """α_t = 1 − t: the log-linear schedule at ε = 0 (what a record without a schedule means)."""
+    return 1.0 - t
+
+
+@dataclass(frozen=True)
+class InferenceRecord:
+    """How a forward process's model was trained, for samplers and evaluators.
+
+    structure: the generation structure a sampler must honour (``full``; plug-ins name theirs,
+    e.g. ``blocks``); alpha / time_of_alpha: α_t of the schedule and its inverse (a sampler that
+    knows how much is masked passes the schedule's t to time-conditioned backbones);
+    block_size: the block length of block-structured models (None otherwise); layout: the
+    generation layout for a sequence of a given length; time_input: which time input the backbone
+    was trained with (``none``, ``sequence`` = ``[B]``, ``block`` = ``[B, n_blocks]``).
+    """
+
+    structure: str = "full"
+    alpha: Callable[[Tensor], Tensor] = log_linear_alpha
+    time_of_alpha: Callable[[Tensor], Tensor] = log_linear_alpha
+    block_size: int | None = None
+    layout: Callable[[int], AttentionLayout] = field(default=lambda length: FullLayout())
+    time_input: Literal["none", "sequence", "block"] = "sequence"
+
+    def time_for_masked_fraction(self, fraction: Tensor) -> Tensor:
+        """The schedule's t at which ``fraction`` of the tokens is masked (α_t = 1 − fraction)."""
+        return self.time_of_alpha(1.0 - fraction)
+
+
 class ForwardProcess(Component, abc.ABC):
     """Turns clean batches into training examples; may keep state across steps (PUMA).
 
-    A stateful process receives the step's detached logits through ``feedback`` after the
-    optimiser step and persists whatever it needs through ``state_dict``/``load_state_dict``
-    (tensors and JSON-able values only: checkpoints are never pickled).
+    Built as ``cls(params, shape)``. A process that sets ``wants_feedback`` receives each
+    micro-step's detached logits through ``feedback`` after the optimiser step (in micro-step
+    order); only then does the trainer keep logits past the backward pass. A stateful process
+    persists what it needs through ``state_dict``/``load_state_dict`` (tensors and JSON-able
+    values only: checkpoints are never pickled); each rank saves its own.
     """
 
     kind = "forward_process"
-    #: True when the process keeps its own pool of sequences and wants a fresh batch only to
-    #: refill slots; the trainer still passes every batch.
+    #: True when the process keeps state across steps (saved per rank in checkpoints).
     stateful: ClassVar[bool] = False
+    #: True when ``feedback`` must be called with the step's detached logits.
+    wants_feedback: ClassVar[bool] = False
+    #: False when the process cannot use a time sampler's law: it then refuses any non-uniform one.
+    uses_time_sampler: ClassVar[bool] = True
 
-    def setup(self, vocab: Vocab, seq_len: int, batch_size: int, max_steps: int, seed: int) -> None:
-        """Called once before training with the run's shapes; ``seed`` is already per-rank."""
-        self.vocab = vocab
-        self.seq_len = seq_len
+    def __init__(self, params: Params | None, shape: RunShape) -> None:
+        super().__init__(params, shape)
+        self.vocab = shape.vocab
+        self.seq_len = shape.seq_len
+
+    @classmethod
+    def structure(cls, params: Params) -> str:
+        """The generation structure of models trained with these params (``inference().structure``);
+        a classmethod so that ``mdm spec validate`` can check the sampler without building anything."""
+        del params
+        return "full"
 
     @abc.abstractmethod
     def prepare(
@@ -234,11 +292,17 @@ class ForwardProcess(Component, abc.ABC):
         """Noise ``batch``; draw times from ``time_sampler`` with ``generator``."""
 
     def feedback(self, example: TrainingExample, logits: Tensor) -> None:
-        """Receive the step's detached logits after the optimiser step (default: nothing)."""
+        """Receive a micro-step's detached logits after the optimiser step (needs ``wants_feedback``)."""
 
     def alpha(self, t: Tensor) -> Tensor:
-        """α_t, the probability that a token is still clean at time t (used by samplers)."""
+        """α_t, the probability that a token is still clean at time t."""
         return 1.0 - t
+
+    def inference(self) -> InferenceRecord:
+        """How this model generates: structure, α_t, blocks, layout and time input."""
+        return InferenceRecord(
+            structure=type(self).structure(self.params), alpha=self.alpha, time_of_alpha=log_linear_alpha
+        )
 
     def likelihood_process(self) -> ForwardProcess:
         """The process whose uniform-t NELBO is this model family's validation likelihood."""
@@ -260,10 +324,6 @@ class Loss(Component, abc.ABC):
     def __call__(self, logits: Tensor, example: TrainingExample, vocab: Vocab) -> LossOutput:
         """``logits`` is ``[B, L, V]`` for the ``targets`` positions."""
 
-    def describe(self) -> str:
-        """A line for ``mdm plugins`` (e.g. which implementation path is active)."""
-        return ""
-
 
 class Backbone(Component, nn.Module, abc.ABC):
     """``nn.Module`` from noisy ids (+ optional time conditioning, layout, KV cache) to logits."""
@@ -272,11 +332,11 @@ class Backbone(Component, nn.Module, abc.ABC):
     #: Whether ``forward`` uses ``time_cond``; when False, samplers may cache denoiser outputs.
     uses_time: bool = False
 
-    def __init__(self, params: Params | None, vocab: Vocab, max_len: int) -> None:
+    def __init__(self, params: Params | None, shape: RunShape) -> None:
         nn.Module.__init__(self)
-        Component.__init__(self, params)
-        self.vocab = vocab
-        self.max_len = max_len
+        Component.__init__(self, params, shape)
+        self.vocab = shape.vocab
+        self.max_len = shape.seq_len
 
     @abc.abstractmethod
     def forward(
@@ -306,18 +366,29 @@ class KVCache:
 
 @dataclass
 class SamplingContext:
-    """What a sampler needs besides the model."""
+    """What a sampler needs besides the model; built by :meth:`of` from the process's record."""
 
     vocab: Vocab
     device: torch.device
-    #: α_t of the forward process (probability a token is still clean); None means log-linear.
-    alpha: Callable[[Tensor], Tensor] | None = None
+    inference: InferenceRecord = field(default_factory=InferenceRecord)
+
+    @classmethod
+    def of(cls, process: ForwardProcess, device: torch.device | str) -> SamplingContext:
+        """The one place a sampling context is built: from the forward process the model was trained with."""
+        return cls(vocab=process.vocab, device=torch.device(device), inference=process.inference())
+
+    @property
+    def alpha(self) -> Callable[[Tensor], Tensor]:
+        return self.inference.alpha
 
 
 class Sampler(Component, abc.ABC):
     """Generates sequences (unconditional, prompted, infilling) and reports NFE."""
 
     kind = "sampler"
+    #: Generation structures (``InferenceRecord.structure``) this sampler honours; a spec pairing
+    #: it with a process of another structure is refused (exit 2).
+    structures: ClassVar[frozenset[str]] = frozenset({"full"})
 
     @abc.abstractmethod
     def generate(
@@ -346,13 +417,30 @@ class EvalContext:
     device: torch.device
     batch_size: int
     seed: int
+    #: The run's data source, built from its params but never re-loaded (e.g. the Markov
+    #: source's exact chain for judging samples); None where the run's data is not at hand.
     data_source: DataSource | None = None
+
+    def sampling_context(self) -> SamplingContext:
+        return SamplingContext.of(self.forward_process, self.device)
+
+
+class EvaluatorParams(Params):
+    """Parameters every evaluator has: how often the trainer runs it."""
+
+    every: int = Field(default=0, ge=0, description="evaluate every N optimiser steps; 0: only at the end")
 
 
 class Evaluator(Component, abc.ABC):
-    """Metrics over a dataset or over samples, aggregated with torchmetrics (DDP-safe)."""
+    """Metrics over a dataset or over samples, aggregated with torchmetrics (DDP-safe).
+
+    Its ``Params`` derive from :class:`EvaluatorParams`, so ``every`` is part of the contract:
+    the trainer runs it every ``every`` steps and always at the end.
+    """
 
     kind = "evaluator"
+    Params: ClassVar[type[_BaseParams]] = EvaluatorParams
+    params: EvaluatorParams
 
     @abc.abstractmethod
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
@@ -400,10 +488,6 @@ class DataSource(Component, abc.ABC):
     @abc.abstractmethod
     def load(self, seed: int) -> DatasetBundle:
         """Build (or read) the splits; ``train`` and ``validation`` must exist."""
-
-    def evaluators(self) -> list[dict[str, Any]]:
-        """Evaluator specs this data source suggests (e.g. task accuracy); default none."""
-        return []
 
 
 KIND_BASES: dict[str, type[Component]] = {

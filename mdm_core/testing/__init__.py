@@ -4,17 +4,13 @@ Plug-in tests call, for example, ``check_time_sampler(lambda: MySampler())``; ea
 ``AssertionError`` naming the violated law. Needs ``hypothesis`` (the ``test`` extra).
 """
 
-from mdm_core.testing.conformance import (
-    FixedTimeSampler,
-    TinyBackbone,
-    check_backbone,
-    check_data_source,
-    check_forward_process,
-    check_loss,
-    check_sampler,
-    check_time_sampler,
-)
+from mdm_core.testing.backbone_checks import TinyBackbone, check_backbone
+from mdm_core.testing.data_source_checks import check_data_source
+from mdm_core.testing.forward_process_checks import FixedTimeSampler, check_forward_process
+from mdm_core.testing.loss_checks import check_loss
+from mdm_core.testing.sampler_checks import check_sampler
 from mdm_core.testing.strategies import batches, times, training_examples, vocabs
+from mdm_core.testing.time_sampler_checks import check_time_sampler
 
 __all__ = [
     "FixedTimeSampler",
