@@ -13,6 +13,7 @@ from mdm_core.interfaces import (
     Sampler,
     SamplingContext,
 )
+from mdm_core.testing.backbone_checks import TinyBackbone
 from mdm_core.testing.laws import generator, law_settings, require
 from mdm_core.testing.strategies import vocabs
 
