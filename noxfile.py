@@ -13,13 +13,16 @@ multi-GB CUDA build by accident. The first-party plug-ins are read from the regi
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import re
 import shutil
+import sys
 import time
 import tomllib
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import nox
@@ -38,11 +41,22 @@ def _first_party() -> dict[str, dict[str, Any]]:
     }
 
 
+def _kinds() -> ModuleType:
+    """``mdm_core/kinds.py``, the one table of kinds, read without importing the package (nox
+    itself runs outside the environments it builds, where pluggy and torch are absent)."""
+    spec = importlib.util.spec_from_file_location("mdm_core_kinds", ROOT / "mdm_core" / "kinds.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while building classes
+    spec.loader.exec_module(module)
+    return module
+
+
 PLUGINS = _first_party()
 #: The quick-start backbone: plug-in tests that train something need it beside them.
 BACKBONE = "dit"
-#: Spec sections a component of each kind is chosen in (evaluators are lists; not swapped here).
-SECTIONS = ("time_sampler", "forward_process", "loss", "backbone", "sampler", "data")
+#: Spec section → kind, for kinds chosen once per run (evaluators are lists; not swapped here).
+SECTIONS: dict[str, str] = _kinds().SINGLE_SECTIONS
 #: A few seconds of real training: enough to compose every part, checkpoint and evaluate once.
 TINY_RUN = [
     "trainer.max_steps=5",
@@ -99,7 +113,9 @@ def plugin(session: nox.Session, name: str) -> None:
 def _uses(name: str) -> list[str]:
     """Overrides that make the quick-start run use plug-in ``name``'s components."""
     components = PLUGINS[name]["components"]
-    return [f"{kind}.name={components[kind][0]}" for kind in SECTIONS if kind in components]
+    return [
+        f"{section}.name={components[kind][0]}" for section, kind in SECTIONS.items() if kind in components
+    ]
 
 
 def _timed(session: nox.Session, *args: str) -> tuple[str, float]:

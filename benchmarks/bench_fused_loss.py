@@ -40,8 +40,9 @@ GPU_SHAPES = {"vocab": [64, 8192, 32768, 50257], "rows": [4096, 32768]}
 CPU_SHAPES = {"vocab": [64, 8192], "rows": [256, 2048]}
 
 
-def make_problem(rows: int, vocab_size: int, dtype: torch.dtype, mask_frac: float, device: torch.device,
-                 seed: int = 0) -> tuple[Tensor, TrainingExample, Vocab]:
+def make_problem(
+    rows: int, vocab_size: int, dtype: torch.dtype, mask_frac: float, device: torch.device, seed: int = 0
+) -> tuple[Tensor, TrainingExample, Vocab]:
     """Logits ``[1, rows, V]`` and an MDLM-like example: w = 1/t per token, normaliser = rows."""
     gen = torch.Generator(device=device).manual_seed(seed)
     vocab = Vocab(size=vocab_size, pad_id=vocab_size - 2, mask_id=vocab_size - 1)
@@ -49,9 +50,12 @@ def make_problem(rows: int, vocab_size: int, dtype: torch.dtype, mask_frac: floa
     targets = torch.randint(0, vocab.num_regular, (1, rows), generator=gen, device=device)
     t = torch.rand((1, rows), generator=gen, device=device) * 0.999 + 1e-3
     example = TrainingExample(
-        input_ids=targets, targets=targets,
+        input_ids=targets,
+        targets=targets,
         loss_mask=torch.rand((1, rows), generator=gen, device=device) < mask_frac,
-        weights=1.0 / t, normaliser=torch.tensor(float(rows), device=device), t=t[:, 0],
+        weights=1.0 / t,
+        normaliser=torch.tensor(float(rows), device=device),
+        t=t[:, 0],
     )
     return logits, example, vocab
 
@@ -105,8 +109,14 @@ def _error(exc: Exception) -> dict[str, Any]:
     return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
 
 
-def measure(impls: dict[str, LossFn], logits: Tensor, example: TrainingExample, vocab: Vocab, warmup: int,
-            repeats: int) -> dict[str, dict[str, Any]]:
+def measure(
+    impls: dict[str, LossFn],
+    logits: Tensor,
+    example: TrainingExample,
+    vocab: Vocab,
+    warmup: int,
+    repeats: int,
+) -> dict[str, dict[str, Any]]:
     """Median time and peak memory per implementation; repeats interleave the implementations
     so that load from other processes on a shared machine hits all of them alike."""
     results: dict[str, dict[str, Any]] = {}
@@ -127,8 +137,10 @@ def measure(impls: dict[str, LossFn], logits: Tensor, example: TrainingExample, 
                 del times[name]
     for name, seconds in times.items():
         try:
-            results[name] = {"seconds": statistics.median(seconds),
-                             "peak_bytes": peak_bytes(impls[name], logits, example, vocab)}
+            results[name] = {
+                "seconds": statistics.median(seconds),
+                "peak_bytes": peak_bytes(impls[name], logits, example, vocab),
+            }
         except Exception as exc:
             results[name] = _error(exc)
     return results
@@ -151,14 +163,25 @@ def implementations(use_compile: bool) -> dict[str, LossFn]:
     return impls
 
 
-def run_case(rows: int, vocab_size: int, dtype_name: str, args: argparse.Namespace, device: torch.device,
-             impls: dict[str, LossFn]) -> dict[str, Any]:
+def run_case(
+    rows: int,
+    vocab_size: int,
+    dtype_name: str,
+    args: argparse.Namespace,
+    device: torch.device,
+    impls: dict[str, LossFn],
+) -> dict[str, Any]:
     logits, example, vocab = make_problem(rows, vocab_size, DTYPES[dtype_name], args.mask_frac, device)
     masked = int(example.loss_mask.sum())
     itemsize = logits.element_size()
     useful_bytes = (masked + rows) * vocab_size * itemsize
-    record: dict[str, Any] = {"rows": rows, "vocab": vocab_size, "dtype": dtype_name, "masked_rows": masked,
-                              "useful_bytes": useful_bytes}
+    record: dict[str, Any] = {
+        "rows": rows,
+        "vocab": vocab_size,
+        "dtype": dtype_name,
+        "masked_rows": masked,
+        "useful_bytes": useful_bytes,
+    }
     ref_loss, ref_grad = step(mdlm_reference, logits, example, vocab)
     got_loss, got_grad = step(impls["fused"], logits, example, vocab)
     record["loss_rel_err"] = float((got_loss - ref_loss).abs() / ref_loss.abs().clamp_min(1e-30))
@@ -204,8 +227,12 @@ def table(records: list[dict[str, Any]], impls: list[str]) -> str:
         cells.append(f"{fused['peak_bytes'] / eager['peak_bytes']:.2f}" if mem else "n/a")
         cells += [f"{r['loss_rel_err']:.1e}", f"{r['grad_rel_err']:.1e}"]
         lines.append("| " + " | ".join(cells) + " |")
-    errors = [(r["rows"], r["vocab"], r["dtype"], n, r[n]["error"]) for r in records for n in impls
-              if "error" in r[n]]
+    errors = [
+        (r["rows"], r["vocab"], r["dtype"], n, r[n]["error"])
+        for r in records
+        for n in impls
+        if "error" in r[n]
+    ]
     lines += [f"\n{n} at B·L={rows}, V={v}, {d}: {e}" for rows, v, d, n, e in errors]
     return "\n".join(lines)
 
@@ -219,8 +246,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mask-frac", type=float, default=0.5, help="fraction of rows in the loss mask")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                        help="also time torch.compile of the reference (auto: on a GPU only)")
+    parser.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="also time torch.compile of the reference (auto: on a GPU only)",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--json", help="write the machine, command and rows to this file")
     args = parser.parse_args(argv)
@@ -233,8 +264,13 @@ def main(argv: list[str] | None = None) -> None:
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     impls = implementations(use_compile)
     path = fused_path(device)
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"{platform.processor() or platform.machine()}, torch threads: {torch.get_num_threads()}, no GPU")
+    machine = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (
+            f"{platform.processor() or platform.machine()}, torch threads: {torch.get_num_threads()}, no GPU"
+        )
+    )
     print(f"# B3 fused loss — {machine}; fused path: {path}; torch {torch.__version__}")
     if device.type != "cuda":
         print("# GPU figures not measured: no GPU here. Peak memory is GPU-only (n/a).")
@@ -251,8 +287,14 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"  done B·L={rows} V={vocab_size} {dtype_name}", flush=True)
     print(table(records, list(impls)))
     if args.json:
-        report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine,
-                  "fused_path": path, "torch": torch.__version__, "args": vars(args), "rows": records}
+        report = {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine,
+            "fused_path": path,
+            "torch": torch.__version__,
+            "args": vars(args),
+            "rows": records,
+        }
         with open(args.json, "w") as fh:
             json.dump(report, fh, indent=2)
 

@@ -58,8 +58,9 @@ class BareLoop:
     """The hand-written loop: absorbing masking, log-linear schedule and MDLM loss, inline.
 
     Sequences come from a fixed permutation of the training rows; t is stratified uniform on
-    [t_eps, 1] with one shared offset; a token is masked with probability (1 − mask_eps)·t; the loss
-    is Σ_masked (1/t)·(−log softmax(logits with MASK and PAD at −inf))[target] over B·L tokens.
+    [t_eps, 1] with one independent uniform per stratum (METHODS §1); a token is masked with
+    probability (1 − mask_eps)·t; the loss is Σ_masked (1/t)·(−log softmax(logits with MASK
+    and PAD at −inf))[target] over B·L tokens.
     """
 
     def __init__(
@@ -98,7 +99,7 @@ class BareLoop:
         self.model.train()
         x = self.next_batch()
         b, length = x.shape
-        offset = torch.rand((), device=self.device)
+        offset = torch.rand(b, device=self.device)
         t = self.t_eps + (1 - self.t_eps) * (offset + torch.arange(b, device=self.device)) / b
         masked = torch.rand((b, length), device=self.device) < (1 - self.mask_eps) * t[:, None]
         noisy = x.masked_fill(masked, self.mask_id)
@@ -139,7 +140,7 @@ def build(spec_path: Path, overrides: list[str], device: str, run_dir: Path) -> 
     cfg = trainer.cfg
     backbone = spec.components["backbone"]
     torch.manual_seed(cfg.seed)
-    model = backbone.cls(backbone.params, trainer.vocab, trainer.seq_len).to(trainer.env.device)
+    model = backbone.build(trainer.shape).to(trainer.env.device)
     reference = trainer.model.state_dict()
     if not all(torch.equal(v, reference[k]) for k, v in model.state_dict().items()):
         raise MdmError("the bare model's initial weights differ from the trainer's; the comparison is void")
@@ -156,8 +157,8 @@ def build(spec_path: Path, overrides: list[str], device: str, run_dir: Path) -> 
         model,
         trainer.stream.ids,
         cfg.batch_size,
-        trainer.vocab.mask_id,
-        trainer.vocab.pad_id,
+        trainer.shape.vocab.mask_id,
+        trainer.shape.vocab.pad_id,
         optimizer,
         cfg.grad_clip,
         autocast,
@@ -173,7 +174,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(step: Callable[[], float], n: int, device: torch.device) -> float:
+def timed(step: Callable[[], object], n: int, device: torch.device) -> float:
     sync(device)
     start = time.perf_counter()
     for _ in range(n):
@@ -182,7 +183,7 @@ def timed(step: Callable[[], float], n: int, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def gpu_step_peak(step: Callable[[], float], device: torch.device) -> float:
+def gpu_step_peak(step: Callable[[], object], device: torch.device) -> float:
     """MiB a step allocates above what was held before it."""
     sync(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -254,6 +255,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.overrides = [*QUICK_OVERRIDES, *args.overrides]
+    if args.threads:  # the spec may pin trainer.threads (the quick-start does): --threads wins
+        args.overrides = [*args.overrides, f"trainer.threads={args.threads}"]
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.memory_runs < 0:
         p.error("--steps and --repeats must be at least 1, --warmup and --memory-runs at least 0")
     return args
@@ -270,8 +273,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         trainer, bare = build(args.spec, args.overrides, args.device, Path(tmp))
         device = trainer.env.device
-        tokens_per_step = trainer.cfg.batch_size * trainer.seq_len
-        arms: dict[str, Callable[[], float]] = {"mdm": trainer.train_step, "bare": bare.step}
+        tokens_per_step = trainer.cfg.batch_size * trainer.shape.seq_len
+        arms: dict[str, Callable[[], object]] = {"mdm": trainer.train_step, "bare": bare.step}
         for step in arms.values():
             for _ in range(args.warmup):
                 step()

@@ -32,12 +32,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mdm_core.assembly import assemble, load_run
 from mdm_core.builtin.samplers import AncestralSampler, ConfidenceSampler
-from mdm_core.cli import _load_run
 from mdm_core.errors import MdmError
 from mdm_core.interfaces import Backbone, SampleOutput, Sampler, SamplingContext
 from mdm_core.spec import load_spec
-from mdm_core.trainer import build_parts
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPEC = ROOT / "specs" / "quickstart.yaml"
@@ -55,16 +54,17 @@ NOT_MEASURED = (
 def load_model(args: argparse.Namespace) -> tuple[Backbone, SamplingContext, int, str]:
     """(model, sampling context, sequence length, a line saying which model it is)."""
     if args.run:
-        spec, parts, model, device = _load_run(str(args.run))
+        loaded = load_run(args.run)
+        spec, parts, device = loaded.spec, loaded.parts, loaded.device
         where = f"trained run {args.run} ({spec.run.name}, backbone {spec.components['backbone'].name})"
     else:
         spec = load_spec(args.spec, args.overrides)
-        parts = build_parts(spec, spec.run.trainer.seed)
+        parts = assemble(spec)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = parts.model.to(device)
+        parts.model.to(device)
         where = f"freshly initialised backbone of {args.spec.name} (untrained)"
-    ctx = SamplingContext(parts.bundle.tokenizer.vocab, device, alpha=parts.forward_process.alpha)
-    return model, ctx, parts.bundle.seq_len, where
+    ctx = SamplingContext.of(parts.forward_process, device)
+    return parts.model, ctx, parts.shape.seq_len, where
 
 
 def distinct_inputs(model: nn.Module, run: Any) -> int:

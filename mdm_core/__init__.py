@@ -4,8 +4,8 @@ This module stays import-light (no torch): plug-in registration modules import `
 and ``ComponentRef`` from here, and ``mdm plugins`` must list them without building anything.
 """
 
-from mdm_core.hookspecs import ComponentRef, hookimpl
+from mdm_core.hookspecs import ComponentRef, SpecSection, hookimpl
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["ComponentRef", "__version__", "hookimpl"]
+__all__ = ["ComponentRef", "SpecSection", "__version__", "hookimpl"]

@@ -100,6 +100,25 @@ def save_checkpoint(
     return final
 
 
+def rng_state() -> dict[str, Any]:
+    """The global RNG states a step may draw from: torch's CPU one and, where CUDA is available,
+    every CUDA device's (dropout on a GPU draws from it)."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = {str(i): s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`. A CUDA state is restored where CUDA is available and ignored
+    on a CPU-only machine (a run moved off its GPU cannot continue its CUDA stream anyway)."""
+    torch.set_rng_state(state["cpu"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        ordered = [cuda[k] for k in sorted(cuda, key=int)]
+        torch.cuda.set_rng_state_all(ordered[: torch.cuda.device_count()])
+
+
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     pointer = ckpt_dir / "latest"
     if not pointer.is_file():

@@ -15,6 +15,7 @@ from typing import Any
 
 from mdm_core import __version__
 from mdm_core.errors import MdmError
+from mdm_core.kinds import KINDS
 
 
 def _overrides_help() -> str:
@@ -66,38 +67,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"run: {run_dir}  (curve: {run_dir}/curves.png, metrics: {run_dir}/metrics.jsonl)")
 
 
-def _load_run(run: str) -> tuple[Any, Any, Any, Any]:
-    """Rebuild a trained run: (spec, parts, model with its best weights, device)."""
-    import torch
-
-    from mdm_core import checkpoint
-    from mdm_core.spec import load_spec
-    from mdm_core.trainer import build_parts
-
-    run_dir = Path(run)
-    if not (run_dir / "resolved.yaml").is_file():
-        raise MdmError(f"{run_dir} is not a run directory (no resolved.yaml)", exit_code=2)
-    spec = load_spec(run_dir / "resolved.yaml")
-    path = checkpoint.latest_checkpoint(run_dir / "ckpt")
-    if path is None:
-        raise MdmError(f"{run_dir} has no checkpoint yet")
-    parts = build_parts(spec, spec.run.trainer.seed)
-    _, weights, _ = checkpoint.load_checkpoint(path)
-    if "ema" in weights:
-        ema = {k.removeprefix("module."): v for k, v in weights["ema"].items() if k.startswith("module.")}
-        parts.model.load_state_dict(ema)
-    else:
-        parts.model.load_state_dict(weights["model"])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    parts.model.to(device).eval()
-    return spec, parts, parts.model, device
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    from mdm_core.trainer import eval_context, evaluate
+    from mdm_core.assembly import load_run  # rebuilds the run without re-reading its corpus
+    from mdm_core.evaluation import eval_context, evaluate
 
-    spec, parts, model, device = _load_run(args.run)
-    metrics = evaluate(parts.evaluators, eval_context(parts, model, spec, device), None, final=True)
+    loaded = load_run(args.run)
+    parts = loaded.parts
+    ctx = eval_context(parts, parts.model, loaded.spec.run.trainer, loaded.device)
+    metrics = evaluate(parts.evaluators, ctx, final=True)
     if args.json:
         print(json.dumps(metrics, indent=1))
     else:
@@ -106,24 +83,49 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_sampler(args: argparse.Namespace, loaded: Any) -> Any:
+    """The run's sampler, or the one ``--sampler``/``--steps`` ask for (validated like a spec)."""
+    from pydantic import ValidationError
+
+    from mdm_core.composition import check_composition
+    from mdm_core.errors import SpecError
+    from mdm_core.plugins import get_registry
+    from mdm_core.spec import Component
+
+    spec = loaded.spec
+    if args.sampler is None and args.steps is None:
+        return loaded.parts.sampler
+    name = args.sampler or spec.components["sampler"].name
+    cls = get_registry().load("sampler", name, where="--sampler")
+    params = dict(spec.resolved["sampler"]) if name == spec.components["sampler"].name else {}
+    params.pop("name", None)
+    if args.steps is not None:
+        if "steps" not in cls.Params.model_fields:
+            raise SpecError(f"--steps: sampler '{name}' has no steps parameter")
+        params["steps"] = args.steps
+    try:
+        validated = cls.Params.model_validate(params)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "sampler"
+        flag = "--steps" if key == "steps" and args.steps is not None else f"sampler.{key}"
+        raise SpecError(f"{flag}: {err['msg']} (got {err.get('input')!r}) for sampler '{name}'") from None
+    chosen = Component("sampler", name, cls, validated, "--sampler")
+    check_composition({"forward_process": spec.components["forward_process"], "sampler": chosen}, "sample")
+    return chosen.build(loaded.parts.shape)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
+    from mdm_core.assembly import load_run
     from mdm_core.interfaces import SamplingContext
-    from mdm_core.plugins import get_registry
 
-    spec, parts, model, device = _load_run(args.run)
-    sampler = parts.sampler
-    if args.sampler or args.steps:
-        name = args.sampler or spec.components["sampler"].name
-        cls = get_registry().load("sampler", name, where="--sampler")
-        params = dict(spec.resolved["sampler"]) if name == spec.components["sampler"].name else {}
-        params.pop("name", None)
-        if args.steps:
-            params["steps"] = args.steps
-        sampler = cls(cls.Params.model_validate(params))
-    tokenizer, vocab = parts.bundle.tokenizer, parts.bundle.tokenizer.vocab
-    length = args.length or parts.bundle.seq_len
+    loaded = load_run(args.run)
+    parts, device = loaded.parts, loaded.device
+    sampler = _sample_sampler(args, loaded)
+    tokenizer, vocab = parts.bundle.tokenizer, parts.shape.vocab
+    length = args.length or parts.shape.seq_len
     prompt = prompt_mask = None
     if args.prompt:
         ids = tokenizer.encode(args.prompt)[:length]
@@ -133,8 +135,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         prompt_mask[:, : len(ids)] = True
         prompt, prompt_mask = prompt.to(device), prompt_mask.to(device)
     gen = torch.Generator().manual_seed(args.seed)
-    ctx = SamplingContext(vocab, device, alpha=parts.forward_process.alpha)
-    out = sampler.generate(model, ctx, args.num, length, gen, prompt=prompt, prompt_mask=prompt_mask)
+    ctx = SamplingContext.of(parts.forward_process, device)
+    out = sampler.generate(parts.model, ctx, args.num, length, gen, prompt=prompt, prompt_mask=prompt_mask)
     for i, row in enumerate(out.tokens.cpu()):
         print(f"--- sample {i}\n{tokenizer.decode(row.tolist())}")
     print(f"(NFE {out.nfe}, sampler {type(sampler).name})")
@@ -212,6 +214,7 @@ def plugins_report() -> dict[str, Any]:
                 "module": p.module,
                 "error": p.error,
                 "components": comps,
+                "sections": [section.name for section in p.sections],
             }
         )
     hooks: dict[str, list[str]] = {}
@@ -230,8 +233,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     report = plugins_report()
     if args.status:
         report["status"] = {}
-        for result in get_registry().pm.hook.mdm_status():
-            report["status"].update(result or {})
+        registry = get_registry()
+        for plugin, result, error in registry.call_each(registry.pm.hook.mdm_status):
+            report["status"].update({plugin: f"STATUS ERROR: {error}"} if error else result or {})
     if args.registry:
         from mdm_core.registry_catalog import compare_installed, load_catalog
 
@@ -245,9 +249,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             if p["error"]:
                 desc = f"LOAD ERROR: {p['error']} (only runs naming its components fail)"
             else:
-                desc = (
-                    " · ".join(f"{k}: {', '.join(v)}" for k, v in p["components"].items()) or "(hooks only)"
-                )
+                parts = [f"{k}: {', '.join(v)}" for k, v in p["components"].items()]
+                parts += [f"spec section: {', '.join(p['sections'])}"] if p["sections"] else []
+                desc = " · ".join(parts) or "(hooks only)"
             print(f"{label:28s} {p['version']:9s} {desc}")
         for c in report["conflicts"]:
             print(f"CONFLICT: {c['kind']} '{c['name']}' registered by {' and '.join(c['distributions'])}")
@@ -266,21 +270,13 @@ def _type_name(annotation: Any) -> str:
 
 
 def cmd_components(args: argparse.Namespace) -> int:
-    from mdm_core.interfaces import KINDS
+    from mdm_core.kinds import resolve_kind
     from mdm_core.plugins import get_registry
 
-    kind = args.kind.replace("-", "_")
-    aliases = {
-        "data_source": "data",
-        "time_samplers": "time_sampler",
-        "samplers": "sampler",
-        "evaluators": "evaluator",
-        "losses": "loss",
-        "backbones": "backbone",
-    }
-    kind = aliases.get(kind, kind)
-    if kind not in KINDS:
+    resolved = resolve_kind(args.kind)
+    if resolved is None:
         raise MdmError(f"components: unknown kind '{args.kind}'; kinds: {', '.join(KINDS)}", exit_code=2)
+    kind = resolved.name
     reg = get_registry()
     rows = []
     for name in reg.names(kind):
@@ -319,7 +315,8 @@ def cmd_spec(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.overrides)
     if args.action == "validate":
         names = ", ".join(f"{c.kind}={c.name}" for c in spec.components.values())
-        print(f"ok: {args.spec} is valid ({names})")
+        sections = "".join(f"; section {key}" for key in spec.sections)
+        print(f"ok: {args.spec} is valid ({names}{sections})")
     else:
         print(spec.to_yaml(), end="")
     return 0
@@ -399,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("components", help="components of a kind with their parameters")
-    p.add_argument("kind", help="time_sampler, forward_process, loss, backbone, sampler, evaluator, data")
+    p.add_argument("kind", help=", ".join(KINDS))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_components)
 
@@ -407,34 +404,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["show", "validate"])
     p.add_argument("spec")
     p.add_argument("overrides", nargs="*", help=_overrides_help())
-    p.add_argument("--resolved", action="store_true", help="(default) print the composed, resolved spec")
     p.set_defaults(func=cmd_spec)
 
     p = sub.add_parser("new-plugin", help="scaffold a plug-in distribution that passes its own tests")
     p.add_argument("name")
-    p.add_argument("--kind", default="time_sampler")
+    p.add_argument("--kind", default="time_sampler", help=", ".join(KINDS))
     p.add_argument("--dest", default=".")
     p.set_defaults(func=cmd_new_plugin)
     return parser
 
 
 def _add_plugin_commands(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """Plug-in sub-commands (``mdm_cli_commands``); skipped for the built-in ones to stay fast."""
-    builtin = {"train", "eval", "sample", "sweep", "compare", "plugins", "components", "spec", "new-plugin"}
-    if argv and argv[0] in builtin:
-        return
-    from mdm_core.plugins import get_registry
+    """Plug-in sub-commands (``mdm_cli_commands``), so that ``mdm``, ``mdm --help`` and a plug-in's
+    command all see them; a built-in command skips them to start without indexing plug-ins.
+
+    Each plug-in adds its commands alone: one that raises (or reuses a taken name) is named on
+    stderr and its commands are missing, the rest of ``mdm`` works (strict mode: exit 3).
+    """
+    from mdm_core.errors import PluginError
+    from mdm_core.plugins import get_registry, strict
 
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    get_registry().pm.hook.mdm_cli_commands(subparsers=subparsers)
+    if argv and (argv[0] in subparsers.choices or argv[0] == "--version"):
+        return
+    registry = get_registry()
+    for plugin, _, error in registry.call_each(registry.pm.hook.mdm_cli_commands, subparsers=subparsers):
+        if error is not None:
+            if strict():
+                raise PluginError(f"plug-in {plugin}: {error}")
+            print(f"warning: plug-in {plugin}: {error}; its sub-commands are unavailable", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        if argv and not argv[0].startswith("-"):
-            _add_plugin_commands(parser, argv)
+        _add_plugin_commands(parser, argv)
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()

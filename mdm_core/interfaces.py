@@ -488,14 +488,3 @@ class DataSource(Component, abc.ABC):
     @abc.abstractmethod
     def load(self, seed: int) -> DatasetBundle:
         """Build (or read) the splits; ``train`` and ``validation`` must exist."""
-
-
-KIND_BASES: dict[str, type[Component]] = {
-    "time_sampler": TimeSampler,
-    "forward_process": ForwardProcess,
-    "loss": Loss,
-    "backbone": Backbone,
-    "sampler": Sampler,
-    "evaluator": Evaluator,
-    "data": DataSource,
-}

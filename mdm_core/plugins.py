@@ -1,12 +1,16 @@
 """Plug-in discovery (entry points + pluggy) and the lazy component registry.
 
-Discovery imports only each plug-in's small registration module; a module that fails to import
-is recorded with its distribution, version and error and never takes the host down (unless
-``MDM_STRICT_PLUGINS=1``). Component classes are imported only when ``load`` is asked for them.
+pluggy's plug-in manager is the one source of truth: discovery registers each plug-in's small
+registration module with it, and the component and spec-section tables are built from
+``pm.hook.mdm_components`` and ``pm.hook.mdm_spec_sections``, one implementation at a time so that
+each entry is attributed to its plug-in and a plug-in whose hook raises is reported, never fatal
+(unless ``MDM_STRICT_PLUGINS=1``). An object registered later with ``registry.pm.register`` is
+listed and loadable like any discovered plug-in: the tables are rebuilt whenever the set of
+registered plug-ins changes. Component classes are imported only when ``load`` is asked for them.
 
 Environment:
   MDM_STRICT_PLUGINS=1           load errors and name conflicts raise instead of being reported
-  MDM_DISABLE_PLUGINS=a,b        skip these plug-ins (entry-point or distribution names)
+  MDM_DISABLE_PLUGINS=a,b        block these plug-ins (entry-point or distribution names)
   MDM_LOAD_PLUGINS=a,b           load only these plug-ins (the built-ins are always loaded)
 """
 
@@ -15,34 +19,39 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
+from types import ModuleType
 from typing import Any
 
 import pluggy
 
 from mdm_core import hookspecs
 from mdm_core.errors import PluginError, SpecError
-from mdm_core.hookspecs import ComponentRef
+from mdm_core.hookspecs import ComponentRef, SpecSection
+from mdm_core.kinds import BY_NAME, KIND_LABELS, KIND_TABLE, KINDS
 
 CORE_DISTRIBUTION = "mdm-core"
 BUILTIN_MODULE = "mdm_core.builtin"
+BUILTIN_NAME = "core"
+#: The conflict-table kind of spec sections (beside the component kinds).
+SECTION = "spec_section"
+#: Top-level spec keys the core owns; a plug-in may not declare a section under one of them.
+CORE_SECTIONS = frozenset(
+    {"base", "name", "description", "requires", "out_dir", "trainer"} | {k.section for k in KIND_TABLE}
+)
+UNKNOWN_VERSION = "unknown"
 
-KIND_LABELS = {
-    "time_sampler": "time sampler",
-    "forward_process": "forward process",
-    "loss": "loss",
-    "backbone": "backbone",
-    "sampler": "sampler",
-    "evaluator": "evaluator",
-    "data": "data source",
-}
+
+def _label(kind: str) -> str:
+    return "spec section" if kind == SECTION else KIND_LABELS.get(kind, kind)
 
 
 @dataclass
 class PluginInfo:
-    """One registered (or failed) plug-in module and where it came from."""
+    """One registered (or failed) plug-in and where it came from."""
 
     name: str
     distribution: str
@@ -50,9 +59,13 @@ class PluginInfo:
     module: str
     error: str | None = None
     components: list[ComponentRef] = field(default_factory=list)
+    sections: list[SpecSection] = field(default_factory=list)
 
     @property
     def label(self) -> str:
+        """``mdm-plugin-bell 0.2.0``, or ``name (in-process)`` for an object no distribution installed."""
+        if self.version == UNKNOWN_VERSION:
+            return f"{self.distribution} (in-process)"
         return f"{self.distribution} {self.version}"
 
 
@@ -60,6 +73,22 @@ class PluginInfo:
 class Entry:
     ref: ComponentRef
     plugin: PluginInfo
+
+
+@dataclass(frozen=True)
+class SectionEntry:
+    section: SpecSection
+    plugin: PluginInfo
+
+
+@dataclass
+class _Index:
+    """What the registered plug-ins declare, built from their hook implementations."""
+
+    plugins: list[PluginInfo]
+    entries: dict[tuple[str, str], Entry]
+    sections: dict[str, SectionEntry]
+    conflicts: dict[tuple[str, str], list[PluginInfo]]
 
 
 def _env_list(name: str) -> set[str]:
@@ -79,63 +108,168 @@ def core_version() -> str:
         return __version__
 
 
+def _core_info() -> PluginInfo:
+    return PluginInfo(BUILTIN_NAME, CORE_DISTRIBUTION, core_version(), BUILTIN_MODULE)
+
+
 class Registry:
     """All discovered plug-ins, their components by kind, and the pluggy manager."""
 
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        self.plugins: list[PluginInfo] = []
-        self.entries: dict[tuple[str, str], Entry] = {}
-        self.conflicts: dict[tuple[str, str], list[PluginInfo]] = {}
+        #: Entry-point attribution by plug-in name (distribution, version, module).
+        self._origins: dict[str, PluginInfo] = {}
+        #: Plug-ins whose registration module failed to import (never registered with pluggy).
+        self._failed: list[PluginInfo] = []
+        self._indexed: list[tuple[str, object]] | None = None
+        self._index_cache: _Index | None = None
+        self._package_owners: Mapping[str, list[str]] | None = None
 
     # -- discovery -------------------------------------------------------------------------
 
     def discover(self) -> Registry:
-        builtin = PluginInfo("core", CORE_DISTRIBUTION, core_version(), BUILTIN_MODULE)
-        self._register(builtin, importlib.import_module(BUILTIN_MODULE))
+        """Register the built-ins and every ``mdm`` entry point not disabled, then index them."""
+        self._origins[BUILTIN_NAME] = _core_info()
+        self.pm.register(importlib.import_module(BUILTIN_MODULE), name=BUILTIN_NAME)
         disabled, only = _env_list("MDM_DISABLE_PLUGINS"), _env_list("MDM_LOAD_PLUGINS")
+        for name in disabled - {BUILTIN_NAME}:
+            self.pm.set_blocked(name)
         for ep in sorted(metadata.entry_points(group=hookspecs.PROJECT), key=lambda e: e.name):
             if ep.value == BUILTIN_MODULE:
                 continue
             dist = ep.dist.name if ep.dist is not None else "?"
             version = ep.dist.version if ep.dist is not None else "?"
-            if {ep.name, dist} & disabled or (only and not {ep.name, dist} & only):
+            if dist in disabled or (only and not {ep.name, dist} & only):
+                self.pm.set_blocked(ep.name)
+            if self.pm.is_blocked(ep.name):
                 continue
             info = PluginInfo(ep.name, dist, version, ep.value)
             try:
                 module = ep.load()
             except Exception as exc:  # a broken plug-in is reported, never fatal
                 info.error = f"{type(exc).__name__}: {exc}"
-                self.plugins.append(info)
+                self._failed.append(info)
                 if strict():
                     raise PluginError(f"plug-in {info.label} failed to load: {info.error}") from exc
                 continue
-            self._register(info, module)
+            self._origins[ep.name] = info
+            self.pm.register(module, name=ep.name)
+        self._index()  # strict mode reports a bad plug-in now, not at first use
         return self
 
-    def _register(self, info: PluginInfo, module: Any) -> None:
-        self.pm.register(module, name=info.name)
-        self.plugins.append(info)
-        impl = getattr(module, "mdm_components", None)
-        refs = list(impl() or []) if callable(impl) else []
-        for ref in refs:
+    # -- the tables, rebuilt when the registered plug-ins change -----------------------------
+
+    def _index(self) -> _Index:
+        registered = [(n, p) for n, p in self.pm.list_name_plugin() if p is not None]
+        seen = self._indexed
+        if (
+            self._index_cache is not None
+            and seen is not None
+            and len(seen) == len(registered)
+            and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(seen, registered, strict=True))
+        ):
+            return self._index_cache
+        infos = {}
+        for name, plugin in registered:
+            origin = self._origins.get(name) or self._origin_of(name, plugin)
+            infos[name] = PluginInfo(origin.name, origin.distribution, origin.version, origin.module)
+        index = _Index([*infos.values(), *self._failed], {}, {}, {})
+        for name, ref in self._declared(self.pm.hook.mdm_components, infos, ComponentRef):
+            info = infos[name]
+            if ref.kind not in BY_NAME:
+                self._fail(info, f"mdm_components: unknown kind '{ref.kind}' (kinds: {', '.join(KINDS)})")
+                continue
             info.components.append(ref)
             key = (ref.kind, ref.name)
-            if key in self.entries:
-                first = self.entries[key].plugin
-                self.conflicts.setdefault(key, [first]).append(info)
-                if strict():
-                    raise PluginError(self._conflict_message(key))
-                continue
-            self.entries[key] = Entry(ref, info)
+            if key in index.entries:
+                self._conflict(index, key, index.entries[key].plugin, info)
+            else:
+                index.entries[key] = Entry(ref, info)
+        core = infos.get(BUILTIN_NAME) or _core_info()
+        for name, section in self._declared(self.pm.hook.mdm_spec_sections, infos, SpecSection):
+            info = infos[name]
+            info.sections.append(section)
+            key = (SECTION, section.name)
+            if section.name in CORE_SECTIONS:
+                self._conflict(index, key, core, info)
+            elif section.name in index.sections:
+                self._conflict(index, key, index.sections[section.name].plugin, info)
+            else:
+                index.sections[section.name] = SectionEntry(section, info)
+        self._indexed, self._index_cache = registered, index
+        return index
 
-    def _conflict_message(self, key: tuple[str, str]) -> str:
-        owners = " and ".join(p.label for p in self.conflicts[key])
-        return (
-            f"{KIND_LABELS[key[0]]} '{key[1]}' is registered by both {owners}; "
-            "uninstall one of them or disable it with MDM_DISABLE_PLUGINS"
-        )
+    def _origin_of(self, name: str, plugin: object) -> PluginInfo:
+        """Attribution for a plug-in registered in-process (not through an entry point): the
+        distribution that installed its top-level package, if any."""
+        module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
+        if self._package_owners is None:  # scanning every distribution takes a while: once
+            self._package_owners = metadata.packages_distributions()
+        owners = self._package_owners.get(module.partition(".")[0], [])
+        if owners:
+            return PluginInfo(name, owners[0], metadata.version(owners[0]), module)
+        return PluginInfo(name, name, UNKNOWN_VERSION, module)
+
+    def _declared(
+        self, hook: pluggy.HookCaller, infos: dict[str, PluginInfo], record: type[Any]
+    ) -> list[tuple[str, Any]]:
+        """(plug-in name, record) for every record each plug-in's implementation of ``hook``
+        returns; what one raises or returns wrongly becomes that plug-in's error."""
+        out = []
+        for name, result, error in self.call_each(hook):
+            declared = list(result or []) if error is None else []
+            wrong = [d for d in declared if not isinstance(d, record)]
+            if wrong:
+                error = f"{hook.name} returned {wrong[0]!r}, not a {record.__name__}"
+            if error is not None:
+                self._fail(infos[name], error)
+                continue
+            out += [(name, d) for d in declared]
+        return out
+
+    def call_each(self, hook: pluggy.HookCaller, **kwargs: Any) -> Iterator[tuple[str, Any, str | None]]:
+        """Call each plug-in's implementation of ``hook`` alone, in registration order, yielding
+        (plug-in name, result, error): one broken plug-in is reported, never the host's failure."""
+        for impl in hook.get_hookimpls():
+            if impl.hookwrapper or impl.wrapper:
+                continue
+            try:
+                result = impl.function(*(kwargs[arg] for arg in impl.argnames))
+            except Exception as exc:  # isolated: the caller reports it against the plug-in
+                yield impl.plugin_name, None, f"{hook.name} raised {type(exc).__name__}: {exc}"
+            else:
+                yield impl.plugin_name, result, None
+
+    def _fail(self, info: PluginInfo, error: str) -> None:
+        info.error = f"{info.error}; {error}" if info.error else error
+        if strict():
+            raise PluginError(f"plug-in {info.label} failed to load: {error}")
+
+    def _conflict(self, index: _Index, key: tuple[str, str], first: PluginInfo, other: PluginInfo) -> None:
+        index.conflicts.setdefault(key, [first]).append(other)
+        if strict():
+            raise PluginError(_conflict_message(key, index.conflicts[key]))
+
+    @property
+    def plugins(self) -> list[PluginInfo]:
+        """Every registered plug-in, then every one whose module failed to import."""
+        return self._index().plugins
+
+    @property
+    def entries(self) -> dict[tuple[str, str], Entry]:
+        """(kind, name) → the component entry (names registered twice are in ``conflicts``)."""
+        return self._index().entries
+
+    @property
+    def sections(self) -> dict[str, SectionEntry]:
+        """Top-level spec key → the plug-in section declared under it."""
+        return self._index().sections
+
+    @property
+    def conflicts(self) -> dict[tuple[str, str], list[PluginInfo]]:
+        """(kind or ``spec_section``, name) → every plug-in that declares it, first one first."""
+        return self._index().conflicts
 
     # -- lookup ----------------------------------------------------------------------------
 
@@ -145,53 +279,80 @@ class Registry:
     def entry(self, kind: str, name: str, where: str | None = None) -> Entry:
         key = (kind, name)
         if key in self.conflicts:
-            raise PluginError(self._conflict_message(key))
+            raise PluginError(_conflict_message(key, self.conflicts[key]))
         if key not in self.entries:
             raise SpecError(self._unknown_message(kind, name, where or f"{kind}.name"))
         return self.entries[key]
 
     def _unknown_message(self, kind: str, name: str, where: str) -> str:
-        label = KIND_LABELS.get(kind, kind)
         names = self.names(kind)
-        msg = f"{where}: no {label} called '{name}'"
+        msg = f"{where}: no {_label(kind)} called '{name}'"
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         if close:
             msg += "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
         installed = ", ".join(f"{n} ({self.entries[(kind, n)].plugin.label})" for n in names)
         msg += f"\n       installed: {installed or 'none'}"
-        broken = [p for p in self.plugins if p.error]
-        for p in broken:
-            msg += f"\n       note: plug-in {p.label} failed to load ({p.error}); it may provide '{name}'"
+        for p in self.plugins:
+            if p.error:
+                msg += f"\n       note: plug-in {p.label} failed to load ({p.error}); it may provide '{name}'"
         return msg
 
     def load(self, kind: str, name: str, where: str | None = None) -> type[Any]:
         """Import and return the class registered as ``name`` for ``kind``."""
-        from mdm_core.interfaces import KIND_BASES
-
         entry = self.entry(kind, name, where)
-        module_name, _, attr = entry.ref.target.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module_name), attr)
-        except Exception as exc:
-            raise PluginError(
-                f"{KIND_LABELS[kind]} '{name}' from {entry.plugin.label} failed to import "
-                f"({entry.ref.target}): {type(exc).__name__}: {exc}"
-            ) from exc
-        base = KIND_BASES[kind]
+        base_module, _, base_name = BY_NAME[kind].base.partition(":")
+        base = getattr(importlib.import_module(base_module), base_name)
+        cls = _import(entry.ref.target, f"{_label(kind)} '{name}' from {entry.plugin.label}")
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise PluginError(
-                f"{entry.ref.target} from {entry.plugin.label} is registered as {KIND_LABELS[kind]} "
-                f"'{name}' but is not a subclass of mdm_core.interfaces.{base.__name__}"
+                f"{entry.ref.target} from {entry.plugin.label} is registered as {_label(kind)} "
+                f"'{name}' but is not a subclass of {base_module}.{base_name}"
             )
         return cls
+
+    def section(self, name: str) -> SectionEntry:
+        """The plug-in section declared as top-level spec key ``name`` (conflicts raise)."""
+        key = (SECTION, name)
+        if key in self.conflicts:
+            raise PluginError(_conflict_message(key, self.conflicts[key]))
+        return self.sections[name]
+
+    def load_section(self, name: str) -> type[Any]:
+        """Import the pydantic model of the plug-in section ``name``."""
+        from pydantic import BaseModel
+
+        entry = self.section(name)
+        model = _import(entry.section.target, f"spec section '{name}' from {entry.plugin.label}")
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise PluginError(
+                f"{entry.section.target} from {entry.plugin.label} is declared as spec section "
+                f"'{name}' but is not a pydantic model (a subclass of pydantic.BaseModel)"
+            )
+        return model
 
     def provider(self, kind: str, name: str) -> PluginInfo:
         return self.entry(kind, name).plugin
 
 
+def _import(target: str, what: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:
+        raise PluginError(f"{what} failed to import ({target}): {type(exc).__name__}: {exc}") from exc
+
+
+def _conflict_message(key: tuple[str, str], owners: list[PluginInfo]) -> str:
+    names = " and ".join(p.label for p in owners)
+    return (
+        f"{_label(key[0])} '{key[1]}' is registered by both {names}; "
+        "uninstall one of them or disable it with MDM_DISABLE_PLUGINS"
+    )
+
+
 @lru_cache(maxsize=1)
 def get_registry() -> Registry:
-    """The process-wide registry (discovered once)."""
+    """The process-wide registry (discovered once; re-indexed when plug-ins are registered)."""
     return Registry().discover()
 
 

@@ -23,10 +23,13 @@ from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mdm_core.errors import MdmError
+from mdm_core.kinds import KINDS
 from mdm_core.plugins import CORE_DISTRIBUTION, Registry, core_version
 
-Kind = Literal["time_sampler", "forward_process", "loss", "backbone", "sampler", "evaluator", "data"]
+#: The component kinds of ``mdm_core.kinds`` as a Literal, so the schema lists them as an enum.
+Kind = Literal[KINDS]  # type: ignore[valid-type]
 Status = Literal["first-party", "third-party", "experimental"]
+_EXAMPLE_RANGE = f"{CORE_DISTRIBUTION}>=0.2,<0.3"
 ComponentNames = Annotated[
     list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]], Field(min_length=1)
 ]
@@ -45,7 +48,10 @@ class CatalogEntry(BaseModel):
     components: dict[Kind, ComponentNames] = Field(
         min_length=1, description="component names by kind, as specs write them"
     )
-    core: str = Field(pattern=r"^mdm-core\s*[<>=!~]", description='supported core range, "mdm-core>=X,<Y"')
+    core: str = Field(
+        pattern=rf"^{CORE_DISTRIBUTION}\s*[<>=!~]",
+        description=f'supported core range, "{CORE_DISTRIBUTION}>=X,<Y"',
+    )
     source: str = Field(min_length=1, description="path in the mdm repository, or the project URL")
     status: Status = Field(description="first-party (in this repository), third-party or experimental")
 
@@ -64,9 +70,9 @@ class CatalogEntry(BaseModel):
         try:
             requirement = Requirement(value)
         except InvalidRequirement as exc:
-            raise ValueError(f"'{value}' is not a requirement like 'mdm-core>=0.1,<0.2': {exc}") from None
+            raise ValueError(f"'{value}' is not a requirement like '{_EXAMPLE_RANGE}': {exc}") from None
         if requirement.name != CORE_DISTRIBUTION or not requirement.specifier:
-            raise ValueError(f"'{value}' must bound {CORE_DISTRIBUTION}, e.g. 'mdm-core>=0.1,<0.2'")
+            raise ValueError(f"'{value}' must bound {CORE_DISTRIBUTION}, e.g. '{_EXAMPLE_RANGE}'")
         return value
 
     def admits(self, version: str) -> bool:

@@ -1,44 +1,43 @@
 """``mdm new-plugin``: write a plug-in distribution that installs, registers and passes its tests.
 
-The files come from ``mdm_core/templates`` (``string.Template``, ``$placeholder``). Each kind's
-component works as written, so the author starts from green tests and edits from there.
+The files come from ``mdm_core/templates`` (``string.Template``, ``$placeholder``), one component
+template per kind of ``mdm_core.kinds``. Each kind's component works as written against the v2
+contracts, so the author starts from green tests and edits from there.
 """
 
 from __future__ import annotations
 
 import keyword
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
 from mdm_core.errors import MdmError
-from mdm_core.plugins import KIND_LABELS, get_registry
+from mdm_core.kinds import KIND_TABLE, Kind, resolve_kind
+from mdm_core.plugins import CORE_DISTRIBUTION, get_registry
 
 TEMPLATES = Path(__file__).parent / "templates"
-
-
-@dataclass(frozen=True)
-class _KindTemplate:
-    """How the scaffold writes and tests one kind."""
-
-    suffix: str  # class-name suffix
-    check: str  # the conformance-kit entry point
-    make: str  # factory passed to the check, with {cls} for the class
-
-
-KINDS: dict[str, _KindTemplate] = {
-    "time_sampler": _KindTemplate("TimeSampler", "check_time_sampler", "lambda: {cls}()"),
-    "forward_process": _KindTemplate("ForwardProcess", "check_forward_process", "lambda: {cls}()"),
-    "loss": _KindTemplate("Loss", "check_loss", "lambda: {cls}()"),
-    "backbone": _KindTemplate(
-        "Backbone", "check_backbone", "lambda vocab, max_len: {cls}(None, vocab, max_len)"
-    ),
-    "sampler": _KindTemplate("Sampler", "check_sampler", "lambda: {cls}()"),
-    "data": _KindTemplate("DataSource", "check_data_source", "lambda: {cls}()"),
-}
-SUPPORTED_KINDS = tuple(KINDS)
 PREFIX = "mdm-plugin-"
+#: What a new plug-in's pyproject requires of the core (the one place this range is written).
+CORE_REQUIREMENT = f"{CORE_DISTRIBUTION}>=0.2,<0.3"
+#: Every kind with a component template.
+SUPPORTED_KINDS = tuple(k.name for k in KIND_TABLE if (TEMPLATES / f"component_{k.name}.py.tmpl").is_file())
+#: Kinds built with their run's shape, ``cls(params, shape)``: the kit hands ``make`` the shape.
+#: The backbone template keeps no KV cache, so its check skips that law.
+_CHECK_ARGS = {
+    "forward_process": "lambda shape: {cls}(None, shape)",
+    "backbone": "lambda shape: {cls}(None, shape), kv_cache=False",
+}
+
+
+def _class_suffix(kind: Kind) -> str:
+    """``TimeSampler`` for time samplers: the name of the kind's interface class."""
+    return kind.base.partition(":")[2]
+
+
+def _check_function(kind: Kind) -> str:
+    """``check_time_sampler``: the conformance-kit entry point of the kind's interface."""
+    return "check_" + re.sub(r"(?<!^)(?=[A-Z])", "_", _class_suffix(kind)).lower()
 
 
 def _check_name(name: str) -> str:
@@ -53,26 +52,22 @@ def _check_name(name: str) -> str:
     return ident
 
 
-def _check_kind(kind: str, ident: str) -> None:
-    if kind == "evaluator":
+def _check_kind(text: str, ident: str) -> Kind:
+    """The kind ``--kind`` means (``time-sampler``, ``samplers`` … as ``mdm components`` takes)."""
+    kind = resolve_kind(text)
+    if kind is None or kind.name not in SUPPORTED_KINDS:
         raise MdmError(
-            "new-plugin: --kind evaluator cannot be scaffolded (the conformance kit has no evaluator "
-            f"check to start from); choose one of {', '.join(SUPPORTED_KINDS)}, or subclass "
-            "mdm_core.interfaces.Evaluator by hand (docs/writing-a-plugin.md)",
-            exit_code=2,
-        )
-    if kind not in KINDS:
-        raise MdmError(
-            f"new-plugin: unknown --kind '{kind}'; choose one of {', '.join(SUPPORTED_KINDS)}", exit_code=2
+            f"new-plugin: unknown --kind '{text}'; choose one of {', '.join(SUPPORTED_KINDS)}", exit_code=2
         )
     registry = get_registry()
-    if ident in registry.names(kind):
-        owner = registry.provider(kind, ident).label
+    if ident in registry.names(kind.name):
+        owner = registry.provider(kind.name, ident).label
         raise MdmError(
-            f"new-plugin: a {KIND_LABELS[kind]} called '{ident}' is already registered by {owner}; "
+            f"new-plugin: a {kind.label} called '{ident}' is already registered by {owner}; "
             "two distributions may not register the same name, so choose another",
             exit_code=2,
         )
+    return kind
 
 
 def new_plugin(name: str, kind: str, dest: Path) -> Path:
@@ -82,22 +77,25 @@ def new_plugin(name: str, kind: str, dest: Path) -> Path:
     """
     name = name.removeprefix(PREFIX)
     ident = _check_name(name)
-    _check_kind(kind, ident)
+    spec = _check_kind(kind, ident)
+    kind = spec.name
     root = Path(dest) / f"{PREFIX}{name}"
     if root.exists():
         raise MdmError(f"new-plugin: {root} already exists; choose another name or --dest", exit_code=2)
-    spec = KINDS[kind]
-    cls = "".join(part.capitalize() for part in ident.split("_")) + spec.suffix
+    cls = "".join(part.capitalize() for part in ident.split("_")) + _class_suffix(spec)
+    choice = f"{{name: {ident}}}"
     values = {
         "dist": f"{PREFIX}{name}",
         "package": f"mdm_plugin_{ident}",
         "ident": ident,
         "kind": kind,
-        "kind_label": KIND_LABELS[kind],
+        "kind_label": spec.label,
+        "spec_line": f"{spec.section}: [{choice}]" if spec.is_list else f"{spec.section}: {choice}",
+        "core_requirement": CORE_REQUIREMENT,
         "cls": cls,
-        "check": spec.check,
-        "make": spec.make.format(cls=cls),
-        "summary": f"A {KIND_LABELS[kind]} from {PREFIX}{name}",
+        "check": _check_function(spec),
+        "make": _CHECK_ARGS.get(kind, "lambda: {cls}()").format(cls=cls),
+        "summary": f"A {spec.label} from {PREFIX}{name}",
     }
     files = {
         "pyproject.toml": "pyproject.toml.tmpl",

@@ -2,9 +2,11 @@
 
 Loading goes: YAML file → ``base:`` chain merged (the file's own keys win) → dotlist overrides →
 ``${...}`` interpolation resolved → phase 1, the run-level schema (``RunSpec``) → phase 2, each
-component's ``Params`` looked up by ``name`` in the plug-in registry. Every error names the
-dotted key, the file (or "override") it came from, the bad value and, where possible, a
-"did you mean" suggestion; it is raised as ``SpecError`` (exit code 2).
+component's ``Params`` looked up by ``name`` in the plug-in registry, and each plug-in section
+(a top-level key a plug-in declares through ``mdm_spec_sections``) by its model → phase 3, the
+composition check (pairs of components that cannot work together). Every error names the dotted
+key, the file (or "override") it came from, the bad value and, where possible, a "did you mean"
+suggestion; it is raised as ``SpecError`` (exit code 2).
 
 Specs name registered components, never import paths: a YAML file cannot run arbitrary code.
 """
@@ -21,16 +23,11 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mdm_core.errors import SpecError
-from mdm_core.plugins import KIND_LABELS, Registry, get_registry
+from mdm_core.kinds import KIND_LABELS, KIND_TABLE, SINGLE_SECTIONS
+from mdm_core.plugins import Registry, get_registry
 
-COMPONENT_SECTIONS: dict[str, str] = {
-    "data": "data",
-    "backbone": "backbone",
-    "forward_process": "forward_process",
-    "time_sampler": "time_sampler",
-    "loss": "loss",
-    "sampler": "sampler",
-}
+#: Spec sections that hold a list of components (``evaluators``) → their kind.
+LIST_SECTIONS: dict[str, str] = {k.section: k.name for k in KIND_TABLE if k.is_list}
 
 
 #: Components a spec may leave out: the MDLM baseline.
@@ -79,6 +76,9 @@ class TrainerSpec(_Strict):
 
 
 class RunSpec(_Strict):
+    """The run-level schema; its component fields are the sections of ``mdm_core.kinds`` (a test
+    keeps the two equal). Plug-in sections are validated beside it, not in it."""
+
     name: str = "run"
     description: str = ""
     requires: list[str] = []
@@ -118,6 +118,8 @@ class ResolvedSpec:
     source: str
     raw_text: str
     overrides: list[str] = field(default_factory=list)
+    #: Plug-in sections the spec writes, validated: top-level key → an instance of its model.
+    sections: dict[str, BaseModel] = field(default_factory=dict)
 
     def to_yaml(self) -> str:
         return OmegaConf.to_yaml(OmegaConf.create(self.resolved))
@@ -150,7 +152,7 @@ def _merge(base: DictConfig, child: DictConfig) -> DictConfig:
     section: swapping a component must not inherit the old component's parameters."""
     merged = OmegaConf.merge(base, child)
     assert isinstance(merged, DictConfig)
-    for section in COMPONENT_SECTIONS:
+    for section in SINGLE_SECTIONS:
         new, old = child.get(section), base.get(section)
         if (
             isinstance(new, DictConfig)
@@ -221,7 +223,7 @@ def load_spec(
         try:
             value = OmegaConf.from_dotlist([f"value={text}"])["value"]
             section, _, field = key.partition(".")
-            if field == "name" and section in COMPONENT_SECTIONS and OmegaConf.select(cfg, key) != value:
+            if field == "name" and section in SINGLE_SECTIONS and OmegaConf.select(cfg, key) != value:
                 cfg[section] = {"name": value}  # swapping a component drops its old params
             else:
                 # A mapping replaces the whole section, so a component comes with its params.
@@ -235,17 +237,24 @@ def load_spec(
     assert isinstance(container, dict)
     resolved = {str(k): v for k, v in container.items()}
     origin = _Origin(path, overrides)
-    run = _validate_run(resolved, origin)
     registry = registry or get_registry()
+    core_keys = set(RunSpec.model_fields)
+    plugin_keys = [k for k in resolved if k not in core_keys and k in registry.sections]
+    run = _validate_run({k: v for k, v in resolved.items() if k not in plugin_keys}, origin, registry)
     components = {
         section: _validate_component(kind, getattr(run, section), section, registry, origin)
-        for section, kind in COMPONENT_SECTIONS.items()
+        for section, kind in SINGLE_SECTIONS.items()
     }
     evaluators = [
-        _validate_component("evaluator", choice, f"evaluators[{i}]", registry, origin)
-        for i, choice in enumerate(run.evaluators)
+        _validate_component(kind, choice, f"{section}[{i}]", registry, origin)
+        for section, kind in LIST_SECTIONS.items()
+        for i, choice in enumerate(getattr(run, section))
     ]
+    sections = {key: _validate_section(key, resolved[key], registry, origin) for key in plugin_keys}
     _check_requires(run.requires, origin)
+    from mdm_core.composition import check_composition  # lazily: composition imports this module
+
+    check_composition(components, source=str(path))
     return ResolvedSpec(
         run=run,
         components=components,
@@ -254,6 +263,7 @@ def load_spec(
         source=str(path),
         raw_text=path.read_text(),
         overrides=overrides,
+        sections=sections,
     )
 
 
@@ -289,7 +299,7 @@ def _fields(model: type[BaseModel]) -> list[str]:
     return list(model.model_fields)
 
 
-def _validate_run(resolved: dict[str, Any], origin: _Origin) -> RunSpec:
+def _validate_run(resolved: dict[str, Any], origin: _Origin, registry: Registry) -> RunSpec:
     try:
         return RunSpec.model_validate(resolved)
     except ValidationError as exc:
@@ -298,9 +308,11 @@ def _validate_run(resolved: dict[str, Any], origin: _Origin) -> RunSpec:
         where = origin.of(dotted)
         if err["type"] == "extra_forbidden":
             parent, _, key = dotted.rpartition(".")
-            model = TrainerSpec if parent == "trainer" else RunSpec
-            msg = f"{where}: {dotted}: unknown key;{_suggest(key, _fields(model))}"
-            msg += f"\n       keys of {parent or 'a spec'}: {', '.join(_fields(model))}"
+            keys = (
+                _fields(TrainerSpec) if parent == "trainer" else _fields(RunSpec) + sorted(registry.sections)
+            )
+            msg = f"{where}: {dotted}: unknown key;{_suggest(key, keys)}"
+            msg += f"\n       keys of {parent or 'a spec'}: {', '.join(keys)}"
         elif err["type"] == "missing":
             msg = f"{where}: {dotted}: required but missing"
         else:
@@ -335,6 +347,30 @@ def _validate_component(
         msg += f"\n       ({KIND_LABELS[kind]} '{choice.name}' from {plugin.label})"
         raise SpecError(msg) from None
     return Component(kind, choice.name, cls, params, section)
+
+
+def _validate_section(key: str, value: Any, registry: Registry, origin: _Origin) -> BaseModel:
+    """A plug-in section, validated by the model the plug-in declared for it."""
+    entry = registry.section(key)
+    model = registry.load_section(key)
+    try:
+        return model.model_validate({} if value is None else value)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        inner = _loc(err["loc"])
+        dotted = f"{key}.{inner}" if inner else key
+        where = origin.of(dotted)
+        names = _fields(model)
+        if err["type"] == "extra_forbidden":
+            head = inner.split(".")[-1]
+            msg = f"{where}: {dotted}: unknown key;{_suggest(head, names)}"
+            msg += f"\n       keys of {key}: {', '.join(names) or '(none)'}"
+        elif err["type"] == "missing":
+            msg = f"{where}: {dotted}: required but missing"
+        else:
+            msg = f"{where}: {dotted}: {err['msg']} (got {err.get('input')!r})"
+        msg += f"\n       (spec section '{key}' from {entry.plugin.label})"
+        raise SpecError(msg) from None
 
 
 def _check_requires(requires: list[str], origin: _Origin) -> None:

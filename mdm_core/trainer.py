@@ -3,7 +3,16 @@
 data → forward process → backbone → loss → AdamW step → forward-process feedback → EMA →
 periodic evaluation and checkpoint. Everything that decides a step's numbers (the batch, the
 noise, the times) is a pure function of (seed, rank, step) or lives in the checkpoint, so a
-resumed run continues exactly where an uninterrupted one would be.
+resumed run continues exactly where an uninterrupted one would be. The components come from
+:mod:`mdm_core.assembly`; evaluation from :mod:`mdm_core.evaluation`.
+
+The hot path pays only for what a run uses: logits outlive the backward pass only for a process
+that ``wants_feedback``, and the host waits for the device only on *report steps* (logging,
+evaluation, checkpoint, the last step). Loss and token counts accumulate as tensors; NaN/Inf is
+caught on report steps, from the logged loss and from the clipped gradient norm, whose
+finiteness is recorded on the device at every step (so with clipping on, the first bad step is
+named exactly; with clipping off, the next report step's loss catches it, since NaN weights
+make every later loss NaN). No checkpoint is written after a bad step.
 """
 
 from __future__ import annotations
@@ -17,24 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from mdm_core import checkpoint, distributed, runs
+from mdm_core.assembly import assemble, save_run_data
 from mdm_core.data.loader import BatchStream
-from mdm_core.errors import MdmError, SpecError, TrainingDiverged
+from mdm_core.errors import MdmError, TrainingDiverged
+from mdm_core.evaluation import any_due, eval_context, evaluate
 from mdm_core.interfaces import (
     Backbone,
-    DatasetBundle,
-    DataSource,
-    EvalContext,
-    Evaluator,
-    ForwardProcess,
-    Loss,
-    Sampler,
     SamplingContext,
-    TimeSampler,
     TrainingExample,
 )
 from mdm_core.plotting import plot_curves
@@ -53,43 +57,6 @@ class RunContext:
     world_size: int
     info: dict[str, Any] = field(default_factory=dict)
     model: Any = None
-
-
-@dataclass
-class Parts:
-    """The built components of a run (shared by training, ``mdm eval`` and ``mdm sample``)."""
-
-    data: DataSource
-    bundle: DatasetBundle
-    model: Backbone
-    forward_process: ForwardProcess
-    time_sampler: TimeSampler
-    loss: Loss
-    sampler: Sampler
-    evaluators: list[Evaluator]
-
-
-def build_parts(spec: ResolvedSpec, seed: int) -> Parts:
-    """Build every component of ``spec``; the model is initialised from ``seed``."""
-    c = spec.components
-    data: DataSource = c["data"].build()
-    bundle = data.load(seed=seed)
-    for split in ("train", "validation"):
-        if split not in bundle.splits:
-            raise SpecError(f"data.name: data source '{c['data'].name}' gave no '{split}' split")
-    torch.manual_seed(seed)
-    model: Backbone = c["backbone"].build(bundle.tokenizer.vocab, bundle.seq_len)
-    evaluators = [e.build() for e in spec.evaluators]
-    return Parts(
-        data=data,
-        bundle=bundle,
-        model=model,
-        forward_process=c["forward_process"].build(),
-        time_sampler=c["time_sampler"].build(),
-        loss=c["loss"].build(),
-        sampler=c["sampler"].build(),
-        evaluators=evaluators,
-    )
 
 
 def step_generator(seed: int, rank: int, step: int, micro: int = 0) -> torch.Generator:
@@ -119,33 +86,6 @@ def model_forward(model: torch.nn.Module, example: TrainingExample, uses_time: b
     return logits[:, : example.targets.shape[1]]
 
 
-def eval_context(parts: Parts, model: Backbone, spec: ResolvedSpec, device: torch.device) -> EvalContext:
-    return EvalContext(
-        model=model,
-        vocab=parts.bundle.tokenizer.vocab,
-        dataset=parts.bundle.splits["validation"],
-        forward_process=parts.forward_process,
-        sampler=parts.sampler,
-        tokenizer=parts.bundle.tokenizer,
-        device=device,
-        batch_size=spec.run.trainer.eval_batch_size,
-        seed=spec.run.trainer.seed,
-        data_source=parts.data,
-    )
-
-
-def evaluate(
-    evaluators: list[Evaluator], ctx: EvalContext, step: int | None, final: bool
-) -> dict[str, float]:
-    """Run the evaluators due at ``step`` (all of them when ``final``); keys get a ``val/`` prefix."""
-    metrics: dict[str, float] = {}
-    for ev in evaluators:
-        every = getattr(ev.params, "every", None)
-        if final or (step is not None and every and step % every == 0):
-            metrics.update({f"val/{k}": v for k, v in ev.evaluate(ctx).items()})
-    return metrics
-
-
 class Trainer:
     """One training run in one process (one rank under torchrun)."""
 
@@ -156,10 +96,8 @@ class Trainer:
             torch.set_num_threads(self.cfg.threads)
         self.env = distributed.setup(self.cfg.device)
         self.registry = get_registry()
-        self.parts = build_parts(spec, self.cfg.seed)
-        self.vocab = self.parts.bundle.tokenizer.vocab
-        self.seq_len = self.parts.bundle.seq_len
-        self._check_batch()
+        self.parts = assemble(spec, self.env.rank, self.env.world_size)
+        self.shape = self.parts.shape
         self.model = self.parts.model.to(self.env.device)
         self.uses_time = bool(self.model.uses_time)
         self.ema = (
@@ -173,20 +111,12 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, spec))
         self.stream = BatchStream(
             self.parts.bundle.splits["train"],
-            self.vocab,
+            self.shape.vocab,
             global_batch_size=self.cfg.batch_size,
             seed=self.cfg.seed,
             rank=self.env.rank,
             world_size=self.env.world_size,
             device=self.env.device,
-        )
-        self.local_micro = self.cfg.batch_size // self.env.world_size // self.cfg.grad_accum
-        self.parts.forward_process.setup(
-            self.vocab,
-            self.seq_len,
-            self.local_micro,
-            self.cfg.max_steps,
-            self.cfg.seed * 1000 + self.env.rank,
         )
         self.net: torch.nn.Module = self.model
         if self.env.enabled:
@@ -203,24 +133,18 @@ class Trainer:
         )
         self.step = 0
         self.elapsed = 0.0
-        self.tokens = 0
+        # Device-side counters, read by the host only on report steps.
+        self._tokens = torch.zeros((), dtype=torch.long, device=self.env.device)
+        self._first_bad_norm = torch.full((), -1, dtype=torch.long, device=self.env.device)
         self.last_eval: dict[str, float] = {}
         self.context = RunContext(
             run_dir, spec, self.env.rank, self.env.world_size, dict(self.parts.bundle.info), self.model
         )
 
-    def _check_batch(self) -> None:
-        world, accum, batch = self.env.world_size, self.cfg.grad_accum, self.cfg.batch_size
-        if batch % (world * accum):
-            raise SpecError(
-                f"trainer.batch_size: {batch} is not divisible by world size × grad_accum = "
-                f"{world} × {accum}; choose a multiple"
-            )
-        if self.parts.forward_process.stateful and accum > 1:
-            raise SpecError(
-                f"trainer.grad_accum: forward process '{self.spec.components['forward_process'].name}' "
-                "keeps a pool of sequences per micro-batch and needs grad_accum=1"
-            )
+    @property
+    def tokens(self) -> int:
+        """Tokens trained on so far, all ranks (a host sync)."""
+        return int(self._tokens)
 
     # -- checkpointing ---------------------------------------------------------------------
 
@@ -238,7 +162,7 @@ class Trainer:
                 "elapsed": self.elapsed,
                 "tokens": self.tokens,
                 "scheduler": self.scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
+                "rng": checkpoint.rng_state(),
                 "last_eval": self.last_eval,
             },
             "forward_process": self.parts.forward_process.state_dict(),
@@ -255,7 +179,7 @@ class Trainer:
         if self.env.enabled and self.parts.forward_process.stateful:
             raise MdmError(
                 "--resume under torchrun with a stateful forward process is not supported: "
-                "each rank's pool is saved only by rank 0"
+                "each rank's state is saved only by rank 0"
             )
         step, weights, groups = checkpoint.load_checkpoint(path)
         self.model.load_state_dict(weights["model"])
@@ -264,8 +188,9 @@ class Trainer:
         self.optimizer.load_state_dict(groups["optimizer"])
         state = groups["trainer"]
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        self.step, self.elapsed, self.tokens = step, float(state["elapsed"]), int(state["tokens"])
+        checkpoint.set_rng_state(state["rng"])
+        self.step, self.elapsed = step, float(state["elapsed"])
+        self._tokens.fill_(int(state["tokens"]))
         self.last_eval = dict(state.get("last_eval", {}))
         self.parts.forward_process.load_state_dict(groups.get("forward_process", {}))
         if self.env.is_main:
@@ -273,42 +198,48 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def train_step(self) -> float:
-        """One optimiser step over ``grad_accum`` micro-batches; returns the mean loss."""
+    def train_step(self) -> Tensor:
+        """One optimiser step over ``grad_accum`` micro-batches; returns the mean loss as a
+        detached device tensor (reading it is a host sync: do so only on report steps)."""
         self.net.train()
-        progress = self.step / self.cfg.max_steps
+        process = self.parts.forward_process
         accum = self.cfg.grad_accum
-        total = 0.0
-        fed_back: list[tuple[TrainingExample, torch.Tensor]] = []
+        losses: list[Tensor] = []
+        fed_back: list[tuple[TrainingExample, Tensor]] = []
         for micro in range(accum):
-            batch = self.stream.batch(self.step, micro=micro, num_micro=accum)
-            gen = step_generator(self.cfg.seed, self.env.rank, self.step, micro)
-            example = self.parts.forward_process.prepare(batch, self.parts.time_sampler, gen, progress)
-            last = micro == accum - 1 or not self.env.enabled
-            sync = contextlib.nullcontext() if last else self._no_sync()
-            with sync:
-                with self.autocast:
-                    logits = model_forward(self.net, example, self.uses_time)
-                out = self.parts.loss(logits, example, self.vocab)
-                if not torch.isfinite(out.loss):
-                    raise TrainingDiverged(self._diverged("loss"))
-                (out.loss / accum).backward()
-            total += float(out.loss.detach()) / accum
-            self.tokens += int(batch.attention_mask.sum()) * self.env.world_size
-            fed_back.append((example, logits.detach()))
+            loss, example, logits = self._micro_step(micro)
+            losses.append(loss)
+            if process.wants_feedback:
+                fed_back.append((example, logits))
         if self.cfg.grad_clip:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            if not torch.isfinite(norm):
-                raise TrainingDiverged(self._diverged("gradient norm"))
+            first_bad = (self._first_bad_norm < 0) & ~torch.isfinite(norm)
+            self._first_bad_norm = torch.where(first_bad, self.step + 1, self._first_bad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         for example, logits in fed_back:
-            self.parts.forward_process.feedback(example, logits)
+            process.feedback(example, logits)
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         self.step += 1
-        return total
+        return losses[0] if accum == 1 else torch.stack(losses).mean()
+
+    def _micro_step(self, micro: int) -> tuple[Tensor, TrainingExample, Tensor]:
+        """Forward and backward of one micro-batch: (detached loss, example, detached logits)."""
+        accum = self.cfg.grad_accum
+        batch = self.stream.batch(self.step, micro=micro, num_micro=accum)
+        gen = step_generator(self.cfg.seed, self.env.rank, self.step, micro)
+        progress = self.step / self.cfg.max_steps
+        example = self.parts.forward_process.prepare(batch, self.parts.time_sampler, gen, progress)
+        last = micro == accum - 1 or not self.env.enabled
+        with contextlib.nullcontext() if last else self._no_sync():
+            with self.autocast:
+                logits = model_forward(self.net, example, self.uses_time)
+            out = self.parts.loss(logits, example, self.shape.vocab)
+            (out.loss / accum).backward()
+        self._tokens += batch.attention_mask.sum() * self.env.world_size
+        return out.loss.detach(), example, logits.detach()
 
     def _no_sync(self) -> contextlib.AbstractContextManager[None]:
         """DDP: skip the gradient all-reduce on accumulation micro-steps before the last one."""
@@ -316,11 +247,21 @@ class Trainer:
         assert isinstance(ddp, DistributedDataParallel)
         return ddp.no_sync()
 
-    def _diverged(self, what: str) -> str:
+    def checked_loss(self, loss: Tensor) -> float:
+        """The step's loss averaged over ranks, after the NaN/Inf checks (a host sync)."""
+        bad_norm = int(self._first_bad_norm)
+        if bad_norm >= 0:
+            raise TrainingDiverged(self._diverged("gradient norm", bad_norm))
+        value = distributed.mean_across_ranks(float(loss), self.env)
+        if not math.isfinite(value):
+            raise TrainingDiverged(self._diverged("loss", self.step))
+        return value
+
+    def _diverged(self, what: str, step: int) -> str:
         ckpt = checkpoint.latest_checkpoint(self.run_dir / "ckpt")
         where = f"the last checkpoint is {ckpt}" if ckpt else "no checkpoint was written yet"
         return (
-            f"{what} became NaN/Inf at step {self.step + 1}; stopped ({where}). "
+            f"{what} became NaN/Inf at step {step}; stopped at step {self.step} ({where}). "
             f"Try a lower trainer.lr (now {self.cfg.lr}) or trainer.grad_clip, or resume with --resume"
         )
 
@@ -328,10 +269,9 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model  # type: ignore[return-value]
 
     def run_evaluation(self, final: bool = False) -> dict[str, float]:
-        ctx = eval_context(self.parts, self.eval_model(), self.spec, self.env.device)
+        ctx = eval_context(self.parts, self.eval_model(), self.cfg, self.env.device)
         with self.autocast:
-            metrics = evaluate(self.parts.evaluators, ctx, self.step, final)
-        return metrics
+            return evaluate(self.parts.evaluators, ctx, self.step, final)
 
     def log(self, record: dict[str, Any]) -> None:
         if self.env.is_main:
@@ -354,23 +294,24 @@ class Trainer:
         while self.step < self.cfg.max_steps:
             t0 = time.perf_counter()
             loss = self.train_step()
-            self.elapsed += time.perf_counter() - t0
             step = self.step
-            metrics: dict[str, float] = {}
-            if step % self.cfg.log_every == 0 or step == self.cfg.max_steps:
-                now = time.perf_counter()
-                tok_s = (self.tokens - window_tokens) / max(now - window_start, 1e-9)
-                window_start, window_tokens = now, self.tokens
-                metrics = {
-                    "loss": distributed.mean_across_ranks(loss, self.env),
-                    "lr": float(self.scheduler.get_last_lr()[0]),
-                    "tok_per_s": tok_s,
-                }
-                self.log(
-                    {"kind": "train", "step": step, "elapsed": self.elapsed, "tokens": self.tokens, **metrics}
-                )
             final = step == self.cfg.max_steps
-            evals = self.run_evaluation(final=final) if final or self._eval_due(step) else {}
+            log_due = step % self.cfg.log_every == 0 or final
+            eval_due = final or any_due(self.parts.evaluators, step)
+            ckpt_due = step % self.cfg.ckpt_every == 0 or final
+            # Report steps are the only ones where the host waits for the device.
+            value = self.checked_loss(loss) if log_due or eval_due or ckpt_due else None
+            self.elapsed += time.perf_counter() - t0
+            metrics: dict[str, float] = {}
+            if log_due and value is not None:
+                now, tokens = time.perf_counter(), self.tokens
+                tok_s = (tokens - window_tokens) / max(now - window_start, 1e-9)
+                window_start, window_tokens = now, tokens
+                metrics = {"loss": value, "lr": float(self.scheduler.get_last_lr()[0]), "tok_per_s": tok_s}
+                self.log(
+                    {"kind": "train", "step": step, "elapsed": self.elapsed, "tokens": tokens, **metrics}
+                )
+            evals = self.run_evaluation(final=final) if eval_due else {}
             if evals:
                 self.last_eval = evals
                 self.log(
@@ -379,24 +320,21 @@ class Trainer:
                 hooks.mdm_eval_end(run=self.context, step=step, metrics=evals)
                 window_start = time.perf_counter()
             hooks.mdm_step_end(run=self.context, step=step, metrics=metrics)
-            if step % self.cfg.ckpt_every == 0 or final:
+            if ckpt_due:
                 self.save()
             bar.update(1)
-            postfix = {"loss": f"{loss:.3f}"}
-            if "val/nll" in self.last_eval:
-                postfix["val_nll"] = f"{self.last_eval['val/nll']:.3f}"
-            if "tok_per_s" in metrics:
-                postfix["tok/s"] = f"{metrics['tok_per_s'] / 1000:.1f}k"
-            bar.set_postfix(postfix, refresh=False)
+            if metrics:
+                bar.set_postfix(self._postfix(metrics), refresh=False)
         bar.close()
         summary = self.finish()
         hooks.mdm_run_end(run=self.context, metrics=self.last_eval)
         return summary
 
-    def _eval_due(self, step: int) -> bool:
-        return any(
-            (every := getattr(ev.params, "every", None)) and step % every == 0 for ev in self.parts.evaluators
-        )
+    def _postfix(self, metrics: dict[str, float]) -> dict[str, str]:
+        postfix = {"loss": f"{metrics['loss']:.3f}", "tok/s": f"{metrics['tok_per_s'] / 1000:.1f}k"}
+        if "val/nll" in self.last_eval:
+            postfix["val_nll"] = f"{self.last_eval['val/nll']:.3f}"
+        return postfix
 
     def finish(self) -> dict[str, Any]:
         summary = {
@@ -416,8 +354,8 @@ class Trainer:
 
     def write_samples(self, n: int) -> list[str]:
         gen = torch.Generator().manual_seed(self.cfg.seed)
-        ctx = SamplingContext(self.vocab, self.env.device, alpha=self.parts.forward_process.alpha)
-        out = self.parts.sampler.generate(self.eval_model(), ctx, n, self.seq_len, gen)
+        ctx = SamplingContext.of(self.parts.forward_process, self.env.device)
+        out = self.parts.sampler.generate(self.eval_model(), ctx, n, self.shape.seq_len, gen)
         texts = [self.parts.bundle.tokenizer.decode(row.tolist()) for row in out.tokens.cpu()]
         (self.run_dir / "samples.txt").write_text(
             f"# {n} samples, sampler {self.spec.components['sampler'].name}, NFE {out.nfe}\n"
@@ -449,7 +387,7 @@ def train(
                 trainer.registry,
                 runs.environment(str(trainer.env.device), trainer.env.world_size),
             )
-            (run_dir / "tokenizer.json").write_text(json.dumps(trainer.parts.bundle.tokenizer.to_json()))
+            save_run_data(run_dir, trainer.parts.bundle)
         summary = trainer.fit(resume=resume)
     finally:
         distributed.teardown()

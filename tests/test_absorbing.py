@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 from mdm_core.builtin.absorbing import AbsorbingProcess
 from mdm_core.builtin.schedules import Cosine, LogLinear, make_schedule
 from mdm_core.builtin.time_samplers import UniformTimeSampler
-from mdm_core.errors import MdmError
-from mdm_core.interfaces import Batch, TimeSampler, Vocab
+from mdm_core.interfaces import Batch, FullLayout, RunShape, SamplingContext, Vocab
 from mdm_core.testing import FixedTimeSampler
 
 VOCAB = Vocab(size=12, pad_id=10, mask_id=11)
@@ -42,6 +41,35 @@ def test_weight_is_minus_alpha_prime_over_one_minus_alpha(t: float, name: str) -
         assert torch.allclose(schedule.mask_prob(times), 1 - alpha, rtol=1e-9, atol=1e-15)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    t=st.floats(0.0, 1.0),
+    name=st.sampled_from(["loglinear", "cosine"]),
+    eps=st.sampled_from([0.0, 1e-3, 0.2]),
+)
+def test_t_of_alpha_inverts_alpha(t: float, name: str, eps: float) -> None:
+    schedule = make_schedule(name, eps)
+    times = torch.tensor([t], dtype=torch.float64, requires_grad=True)
+    alpha = schedule.alpha(times)
+    (slope,) = torch.autograd.grad(alpha.sum(), times)
+    times, alpha = times.detach(), alpha.detach()
+    # α is known to an ulp of 1, so t(α) can only be as exact as ulp / |α'(t)| (cosine is flat at 0)
+    conditioning = float(4 * torch.finfo(torch.float64).eps / slope.abs().clamp(min=1e-300))
+    assert torch.allclose(schedule.t_of_alpha(alpha), times, rtol=1e-9, atol=1e-12 + conditioning)
+    # and the other way round, on α ∈ [ε, 1]
+    level = torch.tensor([eps + (1 - eps) * t], dtype=torch.float64)
+    assert torch.allclose(schedule.alpha(schedule.t_of_alpha(level)), level, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["loglinear", "cosine"])
+def test_t_of_alpha_is_accurate_at_small_t_and_clamps_outside(name: str) -> None:
+    schedule = make_schedule(name, 1e-3)
+    tiny = torch.tensor([1e-7], dtype=torch.float64)
+    assert torch.allclose(schedule.t_of_alpha(schedule.alpha(tiny)), tiny, rtol=1e-6)
+    ends = schedule.t_of_alpha(torch.tensor([1.5, 1.0, 1e-3, 0.0], dtype=torch.float64))
+    assert ends.tolist() == pytest.approx([0.0, 0.0, 1.0, 1.0])
+
+
 def test_schedules_end_points_and_dtype() -> None:
     ends = torch.tensor([0.0, 1.0], dtype=torch.float64)
     for schedule in (LogLinear(1e-3), Cosine(1e-3)):
@@ -53,9 +81,8 @@ def test_schedules_end_points_and_dtype() -> None:
 
 
 def process(schedule: str = "loglinear", length: int = 32, size: int = 4) -> AbsorbingProcess:
-    p = AbsorbingProcess(AbsorbingProcess.Params(schedule=schedule))
-    p.setup(VOCAB, length, size, max_steps=10, seed=0)
-    return p
+    shape = RunShape(vocab=VOCAB, seq_len=length, batch_size=size, max_steps=10)
+    return AbsorbingProcess(AbsorbingProcess.Params(schedule=schedule), shape)
 
 
 @pytest.mark.parametrize("schedule", ["loglinear", "cosine"])
@@ -85,20 +112,15 @@ def test_prompt_and_padding_never_masked_and_counted_out() -> None:
     assert torch.equal(example.input_ids[~eligible], ids[~eligible])
     assert float(example.normaliser) == float(eligible.sum()) == 5 + 10 + 1
     layout = example.layout
+    assert isinstance(layout, FullLayout)
     assert layout.key_padding is not None and torch.equal(layout.key_padding, batch.attention_mask)
-    assert layout.prompt_len is not None and torch.equal(layout.prompt_len, prompt_len)
     assert torch.equal(example.targets, ids)
 
 
-class DoubledWeight(TimeSampler):
+class DoubledWeight(UniformTimeSampler):
     """A uniform sampler that asks for twice the ELBO weight (a density correction stand-in)."""
 
     name = "doubled"
-
-    def sample(
-        self, shape: tuple[int, ...], generator: torch.Generator, progress: float = 0.0
-    ) -> torch.Tensor:
-        return UniformTimeSampler().sample(shape, generator, progress)
 
     def loss_weight(self, t: torch.Tensor, progress: float = 0.0) -> torch.Tensor:
         return torch.full_like(t, 2.0)
@@ -114,10 +136,26 @@ def test_time_sampler_loss_weight_multiplies_the_elbo_weight() -> None:
     assert torch.allclose(plain.weights, (1 / plain.t)[:, None].expand(4, 8))
 
 
-def test_prepare_before_setup_is_a_clear_error() -> None:
-    batch = Batch.from_ids(torch.zeros((1, 4), dtype=torch.long), VOCAB)
-    with pytest.raises(MdmError, match="setup"):
-        AbsorbingProcess().prepare(batch, UniformTimeSampler(), torch.Generator())
+def test_built_with_its_run_shape() -> None:
+    p = process(length=6, size=2)
+    assert p.vocab == VOCAB and p.seq_len == 6 and p.shape is not None and p.shape.batch_size == 2
+    with pytest.raises(TypeError):
+        AbsorbingProcess()  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("schedule", ["loglinear", "cosine"])
+def test_inference_record_is_the_schedule_and_its_inverse(schedule: str) -> None:
+    p = process(schedule)
+    record = p.inference()
+    t = torch.tensor([0.25, 0.5, 0.9], dtype=torch.float64)
+    assert record.structure == "full" == AbsorbingProcess.structure(p.params)
+    assert torch.equal(record.alpha(t), p.schedule.alpha(t))
+    assert torch.allclose(record.time_of_alpha(record.alpha(t)), t)
+    # the t at which a fraction of the tokens is masked: 1 − α_t = fraction
+    fraction = torch.tensor([0.1, 0.5], dtype=torch.float64)
+    assert torch.allclose(1 - p.schedule.alpha(record.time_for_masked_fraction(fraction)), fraction)
+    assert isinstance(record.layout(7), FullLayout) and record.block_size is None
+    assert SamplingContext.of(p, "cpu").alpha(t).equal(p.schedule.alpha(t))
 
 
 def test_alpha_is_the_schedule() -> None:

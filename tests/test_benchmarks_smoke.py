@@ -16,13 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
+from mdm_core.builtin.absorbing import AbsorbingProcess
 from mdm_core.builtin.samplers import AncestralSampler
-from mdm_core.interfaces import AttentionLayout, KVCache, SampleOutput, SamplingContext, Vocab
+from mdm_core.interfaces import AttentionLayout, KVCache, RunShape, SampleOutput, SamplingContext, Vocab
 from mdm_core.testing import TinyBackbone
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 VOCAB = Vocab(size=7, pad_id=5, mask_id=6)
-CTX = SamplingContext(vocab=VOCAB, device=torch.device("cpu"))
+SHAPE = RunShape(vocab=VOCAB, seq_len=16)
+CTX = SamplingContext.of(AbsorbingProcess(None, SHAPE), "cpu")
 
 
 def script(name: str) -> ModuleType:
@@ -37,8 +39,8 @@ def script(name: str) -> ModuleType:
 class Counting(TinyBackbone):
     """The kit's tiny model, counting its calls."""
 
-    def __init__(self, params: TinyBackbone.Params, vocab: Vocab, max_len: int) -> None:
-        super().__init__(params, vocab, max_len)
+    def __init__(self, params: TinyBackbone.Params, shape: RunShape) -> None:
+        super().__init__(params, shape)
         self.calls = 0
 
     def forward(
@@ -74,7 +76,7 @@ def sample(
 def test_uncached_ancestral_gives_the_cached_tokens(
     seed: int, steps: int, n: int, length: int, uses_time: bool
 ) -> None:
-    model = Counting(TinyBackbone.Params(uses_time=uses_time, seed=seed % 7), VOCAB, 8)
+    model = Counting(TinyBackbone.Params(uses_time=uses_time, seed=seed % 7), SHAPE)
     cached = sample(model, True, steps, 1e-5, n, length, seed)
     uncached = sample(model, False, steps, 1e-5, n, length, seed)
     assert torch.equal(cached.tokens, uncached.tokens)
@@ -87,7 +89,7 @@ def test_uncached_ancestral_gives_the_cached_tokens(
 
 def test_uncached_ancestral_calls_the_model_at_every_grid_step() -> None:
     # Ending the grid at t = 0.5 leaves about half the positions masked, so the final fill runs.
-    model = Counting(TinyBackbone.Params(), VOCAB, 16)
+    model = Counting(TinyBackbone.Params(), SHAPE)
     out = sample(model, False, 25, 0.5, 4, 16, seed=3)
     assert out.nfe == 25 + 1
     assert sample(model, True, 25, 0.5, 4, 16, seed=3).nfe < out.nfe

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import datasets
@@ -21,8 +22,10 @@ from mdm_core.interfaces import (
     Batch,
     DatasetBundle,
     DataSource,
+    InferenceRecord,
     KVCache,
     LossOutput,
+    RunShape,
     SampleOutput,
     SamplingContext,
     TimeSampler,
@@ -69,7 +72,7 @@ def test_uniform_time_sampler_conforms() -> None:
 
 @pytest.mark.parametrize("schedule", ["loglinear", "cosine"])
 def test_absorbing_process_conforms(schedule: str) -> None:
-    check_forward_process(lambda: AbsorbingProcess(AbsorbingProcess.Params(schedule=schedule)))
+    check_forward_process(lambda shape: AbsorbingProcess(AbsorbingProcess.Params(schedule=schedule), shape))
 
 
 def test_mdlm_loss_conforms() -> None:
@@ -78,9 +81,7 @@ def test_mdlm_loss_conforms() -> None:
 
 @pytest.mark.parametrize("uses_time", [False, True])
 def test_kit_backbone_conforms(uses_time: bool) -> None:
-    check_backbone(
-        lambda vocab, length: TinyBackbone(TinyBackbone.Params(uses_time=uses_time), vocab, length)
-    )
+    check_backbone(lambda shape: TinyBackbone(TinyBackbone.Params(uses_time=uses_time), shape))
 
 
 @pytest.mark.parametrize(
@@ -140,13 +141,11 @@ def test_kit_data_source_check_accepts_a_valid_source() -> None:
 class ZeroTimes(TimeSampler):
     name = "zero"
 
-    def sample(self, shape: tuple[int, ...], generator: torch.Generator, progress: float = 0.0) -> Tensor:
-        return torch.zeros(shape)
+    def quantile(self, u: Tensor, progress: float = 0.0) -> Tensor:
+        return torch.zeros_like(u)
 
 
-class GlobalRNGTimes(TimeSampler):
-    name = "global"
-
+class GlobalRNGTimes(UniformTimeSampler):
     def sample(self, shape: tuple[int, ...], generator: torch.Generator, progress: float = 0.0) -> Tensor:
         return 1.0 - torch.rand(shape)
 
@@ -156,9 +155,34 @@ class FalselyStratified(UniformTimeSampler):
         return 1.0 - torch.rand(shape, generator=generator)
 
 
+class Decreasing(UniformTimeSampler):
+    """Stratified through its quantile, but the quantile runs backwards."""
+
+    def quantile(self, u: Tensor, progress: float = 0.0) -> Tensor:
+        return super().quantile(1.0 - u, progress)
+
+
+class FalselyUniform(TimeSampler):
+    """Claims the uniform law but draws t²."""
+
+    name = "squared"
+
+    def quantile(self, u: Tensor, progress: float = 0.0) -> Tensor:
+        return 1e-3 + (1 - 1e-3) * u**2
+
+    def is_uniform(self) -> bool:
+        return True
+
+
 @pytest.mark.parametrize(
     ("make", "law"),
-    [(ZeroTimes, r"\(0, 1\]"), (GlobalRNGTimes, "same seed"), (FalselyStratified, "stratum")],
+    [
+        (ZeroTimes, r"\(0, 1\]"),
+        (GlobalRNGTimes, "same seed"),
+        (FalselyStratified, "stratified_uniforms"),
+        (Decreasing, "monotone"),
+        (FalselyUniform, "is_uniform"),
+    ],
 )
 def test_time_sampler_check_catches(make: Callable[[], TimeSampler], law: str) -> None:
     with pytest.raises(AssertionError, match=law):
@@ -186,21 +210,30 @@ class AlwaysMasked(AbsorbingProcess):
     def prepare(
         self, batch: Batch, time_sampler: TimeSampler, generator: torch.Generator, progress: float = 0.0
     ) -> TrainingExample:
-        return super().prepare(batch, _One(), generator, progress)
+        return super().prepare(batch, _One(time_sampler), generator, progress)
 
 
 class _One(TimeSampler):
+    """Every t = 1, with the loss weight of the sampler it replaces."""
+
     name = "one"
 
-    def sample(self, shape: tuple[int, ...], generator: torch.Generator, progress: float = 0.0) -> Tensor:
-        return torch.ones(shape)
+    def __init__(self, replaced: TimeSampler) -> None:
+        super().__init__()
+        self.replaced = replaced
+
+    def quantile(self, u: Tensor, progress: float = 0.0) -> Tensor:
+        return torch.ones_like(u)
+
+    def loss_weight(self, t: Tensor, progress: float = 0.0) -> Tensor:
+        return self.replaced.loss_weight(t, progress)
 
 
 class ForgetfulCounter(AbsorbingProcess):
     """Masks more on every call but does not checkpoint its counter."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, params: AbsorbingProcess.Params | None, shape: RunShape) -> None:
+        super().__init__(params, shape)
         self.calls = 0
 
     def prepare(
@@ -212,6 +245,31 @@ class ForgetfulCounter(AbsorbingProcess):
         return example.with_weights(example.weights * self.calls)
 
 
+class ForgetsTheLossWeight(AbsorbingProcess):
+    """Uses the sampler's law but not its loss_weight (what issue #8 §2 asks the kit to catch)."""
+
+    def prepare(
+        self, batch: Batch, time_sampler: TimeSampler, generator: torch.Generator, progress: float = 0.0
+    ) -> TrainingExample:
+        return super().prepare(batch, UniformTimeSampler(), generator, progress)
+
+
+class WrongStructure(AbsorbingProcess):
+    """Says ``blocks`` to the spec check but its record says ``full``."""
+
+    @classmethod
+    def structure(cls, params: Any) -> str:
+        return "blocks"
+
+    def inference(self) -> InferenceRecord:
+        return replace(super().inference(), structure="full")
+
+
+class WrongInverse(AbsorbingProcess):
+    def inference(self) -> InferenceRecord:
+        return replace(super().inference(), time_of_alpha=lambda alpha: alpha)
+
+
 @pytest.mark.parametrize(
     ("make", "law"),
     [
@@ -219,11 +277,14 @@ class ForgetfulCounter(AbsorbingProcess):
         (LossOnEverything, "loss_mask marks a position whose input is not MASK"),
         (AlwaysMasked, "t = 1e-6"),
         (ForgetfulCounter, "load_state_dict"),
+        (ForgetsTheLossWeight, "loss_weight 2"),
+        (WrongStructure, "structure"),
+        (WrongInverse, "time_of_alpha"),
     ],
 )
-def test_forward_process_check_catches(make: Callable[[], AbsorbingProcess], law: str) -> None:
+def test_forward_process_check_catches(make: type[AbsorbingProcess], law: str) -> None:
     with pytest.raises(AssertionError, match=law):
-        check_forward_process(make, max_examples=15)
+        check_forward_process(lambda shape: make(None, shape), max_examples=15)
 
 
 class UnweightedLoss(MDLMLoss):
@@ -260,7 +321,7 @@ class IgnoresLayout(TinyBackbone):
 
 def test_backbone_check_catches_information_leaks() -> None:
     with pytest.raises(AssertionError, match="cannot see"):
-        check_backbone(lambda vocab, length: IgnoresLayout(None, vocab, length), max_examples=10)
+        check_backbone(lambda shape: IgnoresLayout(None, shape), max_examples=10)
 
 
 class LeavesMasks(AncestralSampler):

@@ -19,8 +19,8 @@ from mdm_core.interfaces import (
     DataSource,
     EvalContext,
     KVCache,
+    RunShape,
     Tokenizer,
-    Vocab,
 )
 from mdm_core.testing import TinyBackbone
 
@@ -52,9 +52,9 @@ class UniformGuess(Backbone):
 
     name = "uniform_guess"
 
-    def __init__(self, vocab: Vocab, max_len: int) -> None:
-        super().__init__(None, vocab, max_len)
-        self.bias = nn.Parameter(torch.zeros(vocab.size))
+    def __init__(self, params: None, shape: RunShape) -> None:
+        super().__init__(params, shape)
+        self.bias = nn.Parameter(torch.zeros(self.vocab.size))
 
     def forward(
         self,
@@ -81,18 +81,21 @@ class IIDSource(DataSource):
         return math.log(VOCAB.num_regular)
 
 
+def shape(length: int, seed: int = 0) -> RunShape:
+    return RunShape(vocab=VOCAB, seq_len=length, batch_size=32, seed=seed)
+
+
 def context(rows: Tensor, model: Backbone, prompt_len: Tensor | None = None, seed: int = 0) -> EvalContext:
     columns: dict[str, list[Any]] = {"input_ids": rows.tolist()}
     if prompt_len is not None:
         columns["prompt_len"] = prompt_len.tolist()
-    process = AbsorbingProcess()
-    process.setup(VOCAB, rows.shape[1], 32, max_steps=1, seed=seed)
+    run = shape(rows.shape[1], seed)
     return EvalContext(
         model=model,
         vocab=VOCAB,
         dataset=datasets.Dataset.from_dict(columns),
-        forward_process=process,
-        sampler=AncestralSampler(AncestralSampler.Params(steps=16)),
+        forward_process=AbsorbingProcess(None, run),
+        sampler=AncestralSampler(AncestralSampler.Params(steps=16), run),
         tokenizer=Letters(),
         device=torch.device("cpu"),
         batch_size=32,
@@ -106,7 +109,9 @@ def uniform_rows(size: int, length: int) -> Tensor:
 
 def test_nll_of_the_optimal_uniform_denoiser_is_log_n() -> None:
     rows = uniform_rows(256, 32)
-    metrics = NLLEvaluator(NLLEvaluator.Params(draws=8)).evaluate(context(rows, UniformGuess(VOCAB, 32)))
+    metrics = NLLEvaluator(NLLEvaluator.Params(draws=8)).evaluate(
+        context(rows, UniformGuess(None, shape(32)))
+    )
     assert math.isclose(metrics["nll"], math.log(4), rel_tol=0.04)
     assert math.isclose(metrics["bpt"], metrics["nll"] / math.log(2))
     assert math.isclose(metrics["ppl"], math.exp(metrics["nll"]))
@@ -116,13 +121,13 @@ def test_prompt_and_padding_are_not_counted() -> None:
     rows = uniform_rows(256, 32)
     rows[:, 28:] = VOCAB.pad_id
     prompt_len = torch.full((256,), 12)
-    ctx = context(rows, UniformGuess(VOCAB, 32), prompt_len)
+    ctx = context(rows, UniformGuess(None, shape(32)), prompt_len)
     assert math.isclose(NLLEvaluator().evaluate(ctx)["nll"], math.log(4), rel_tol=0.05)
 
 
 def test_masks_are_fixed_across_evaluations_and_follow_the_seed() -> None:
     rows = uniform_rows(24, 10)
-    model = TinyBackbone(None, VOCAB, 10)
+    model = TinyBackbone(None, shape(10))
     model.train()
     evaluator = NLLEvaluator(NLLEvaluator.Params(draws=4))
     first, second = evaluator.evaluate(context(rows, model)), evaluator.evaluate(context(rows, model))
@@ -133,7 +138,7 @@ def test_masks_are_fixed_across_evaluations_and_follow_the_seed() -> None:
 
 def test_max_batches_scores_only_the_first_batches() -> None:
     rows = uniform_rows(40, 10)
-    model = TinyBackbone(None, VOCAB, 10)
+    model = TinyBackbone(None, shape(10))
     capped = NLLEvaluator(NLLEvaluator.Params(draws=4, max_batches=1)).evaluate(context(rows, model))
     # batch_size 32 with 4 draws: 8 sequences per batch.
     alone = NLLEvaluator(NLLEvaluator.Params(draws=4)).evaluate(context(rows[:8], model))
@@ -147,10 +152,10 @@ def test_per_sequence_times_are_stratified_over_each_sequences_copies() -> None:
     assert torch.equal(strata, torch.arange(5)[None, :, None].expand(3, 5, 2))
 
 
-def test_sample_evaluator_reports_nfe_entropy_true_nll_and_texts() -> None:
+def test_sample_evaluator_reports_nfe_entropy_and_true_nll() -> None:
     source = IIDSource()
     bundle = source.load(0)
-    ctx = context(torch.tensor(bundle.splits["validation"]["input_ids"]), TinyBackbone(None, VOCAB, 12))
+    ctx = context(torch.tensor(bundle.splits["validation"]["input_ids"]), TinyBackbone(None, shape(12)))
     ctx.data_source = source
     evaluator = SampleEvaluator(SampleEvaluator.Params(num_samples=3))
     metrics = evaluator.evaluate(ctx)
@@ -158,12 +163,12 @@ def test_sample_evaluator_reports_nfe_entropy_true_nll_and_texts() -> None:
     assert 1 <= metrics["samples/nfe"] <= 16
     assert 0 <= metrics["samples/entropy"] <= math.log(4) + 1e-12
     assert metrics["samples/true_nll"] == math.log(4)
-    assert len(evaluator.last_texts) == 3
-    assert all(len(text) == 12 and set(text) <= set(SYMBOLS) for text in evaluator.last_texts)
+    # One sequence of length 3 (params override the data's length) holds at most 3 distinct
+    # tokens, and the cached ancestral sampler needs at most length + 1 model calls.
     ctx.data_source = None
-    shorter = SampleEvaluator(SampleEvaluator.Params(num_samples=2, length=5))
-    assert "samples/true_nll" not in shorter.evaluate(ctx)
-    assert [len(text) for text in shorter.last_texts] == [5, 5]
+    shorter = SampleEvaluator(SampleEvaluator.Params(num_samples=1, length=3)).evaluate(ctx)
+    assert set(shorter) == {"samples/nfe", "samples/entropy"}
+    assert shorter["samples/entropy"] <= math.log(3) + 1e-12 and 1 <= shorter["samples/nfe"] <= 4
 
 
 def test_unigram_entropy() -> None:

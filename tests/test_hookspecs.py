@@ -9,14 +9,17 @@ import json
 import re
 import subprocess
 import sys
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from mdm_core import ComponentRef, hookimpl, hookspecs
 from mdm_core.cli import main
+from mdm_core.hookspecs import SpecSection
 from mdm_core.plugins import get_registry
 from mdm_core.spec import load_spec
 from mdm_core.trainer import RunContext, train
@@ -30,8 +33,8 @@ DOCS = (Path(__file__).resolve().parent.parent / "docs" / "hooks.md").read_text(
 
 def test_every_hookspec_is_documented_with_its_arguments() -> None:
     assert set(HOOKS) == {
-        "mdm_components", "mdm_run_start", "mdm_step_end", "mdm_eval_end", "mdm_run_end",
-        "mdm_cli_commands", "mdm_status",
+        "mdm_components", "mdm_spec_sections", "mdm_run_start", "mdm_step_end", "mdm_eval_end",
+        "mdm_run_end", "mdm_cli_commands", "mdm_status",
     }  # fmt: skip
     for name, spec in HOOKS.items():
         assert (spec.__doc__ or "").strip(), f"{name} has no docstring"
@@ -39,6 +42,21 @@ def test_every_hookspec_is_documented_with_its_arguments() -> None:
         assert documented, f"{name} missing from docs/hooks.md"
         args = [a.strip() for a in documented.group(1).split(",") if a.strip()]
         assert args == list(inspect.signature(spec).parameters), f"docs/hooks.md: arguments of {name}"
+        assert re.search(rf"^### `{name}\(", DOCS, re.M), f"docs/hooks.md: {name} has no worked example"
+
+
+def test_every_hook_argument_and_result_is_typed() -> None:
+    """The annotations (written under TYPE_CHECKING, as pytest does) resolve to real types."""
+    names = {"RunContext": RunContext, "argparse": argparse}
+    for name, spec in HOOKS.items():
+        hints = typing.get_type_hints(spec, localns=names)
+        assert set(hints) == {*inspect.signature(spec).parameters, "return"}, name
+    assert typing.get_type_hints(hookspecs.mdm_run_start, localns=names)["run"] is RunContext
+    assert typing.get_type_hints(hookspecs.mdm_components, localns=names)["return"] == list[ComponentRef]
+
+
+class ProbeSection(BaseModel):
+    greeting: str = "hello"
 
 
 class Everything:
@@ -52,8 +70,13 @@ class Everything:
         return [PROBE]
 
     @hookimpl
+    def mdm_spec_sections(self) -> list[SpecSection]:
+        return [SpecSection("hook_probe", f"{__name__}:ProbeSection")]
+
+    @hookimpl
     def mdm_run_start(self, run: RunContext) -> None:
-        self.calls.append(("start", (run.rank, run.run_dir.is_dir())))
+        section = run.spec.sections.get("hook_probe")
+        self.calls.append(("start", (run.rank, run.run_dir.is_dir(), getattr(section, "greeting", None))))
 
     @hookimpl
     def mdm_step_end(self, run: RunContext, step: int, metrics: dict[str, float]) -> None:
@@ -68,7 +91,7 @@ class Everything:
         self.calls.append(("end", (run.run_dir / "summary.json").is_file() and "val/nll" in metrics))
 
     @hookimpl
-    def mdm_cli_commands(self, subparsers: Any) -> None:
+    def mdm_cli_commands(self, subparsers: argparse._SubParsersAction) -> None:
         parser = subparsers.add_parser("hook-probe", help="say hello")
         parser.add_argument("--who", default="world")
         parser.set_defaults(func=self.hello)
@@ -96,8 +119,10 @@ def probe() -> Iterator[Everything]:
 
 
 def test_registration_and_cli_hooks(probe: Everything, capsys: pytest.CaptureFixture[str]) -> None:
-    declared = [ref for refs in get_registry().pm.hook.mdm_components() for ref in refs]
-    assert PROBE in declared
+    registry = get_registry()
+    assert registry.entries[("time_sampler", "hook_probe")].ref == PROBE
+    assert registry.provider("time_sampler", "hook_probe").name == "hook-probe"
+    assert registry.sections["hook_probe"].section.target.endswith(":ProbeSection")
     assert main(["hook-probe", "--who", "mdm"]) == 0
     assert probe.calls == [("cli", "mdm")]
     assert main(["plugins", "--json", "--status"]) == 0
@@ -106,14 +131,48 @@ def test_registration_and_cli_hooks(probe: Everything, capsys: pytest.CaptureFix
     assert "mdm_status" in report["hooks"]["hook-probe"]
 
 
+def test_plugin_commands_are_listed_by_help(probe: Everything, capsys: pytest.CaptureFixture[str]) -> None:
+    """``mdm --help`` and bare ``mdm`` list plug-in sub-commands beside the built-in ones."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    listed = capsys.readouterr().out
+    assert re.search(r"^\s+hook-probe\s+say hello$", listed, re.M), listed
+    assert re.search(r"^\s+train\s", listed, re.M)
+    assert main([]) == 0
+    assert "hook-probe" in capsys.readouterr().out
+    assert probe.calls == []
+
+
+class Clashing:
+    @hookimpl
+    def mdm_cli_commands(self, subparsers: argparse._SubParsersAction) -> None:
+        subparsers.add_parser("hook-probe")  # the probe's name, taken
+
+
+def test_a_broken_cli_hook_is_named_not_fatal(
+    probe: Everything, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MDM_STRICT_PLUGINS", "0")
+    clash = Clashing()
+    get_registry().pm.register(clash, name="clash")
+    try:
+        assert main(["hook-probe"]) == 0 and probe.calls == [("cli", "world")]
+        assert "warning: plug-in clash: mdm_cli_commands raised" in capsys.readouterr().err
+        monkeypatch.setenv("MDM_STRICT_PLUGINS", "1")
+        assert main(["hook-probe"]) == 3
+        assert "error: plug-in clash: mdm_cli_commands raised" in capsys.readouterr().err
+    finally:
+        get_registry().pm.unregister(clash)
+
+
 def test_lifecycle_hooks_arrive_in_order(probe: Everything, tiny_spec: Path) -> None:
-    """An evaluation at step s is reported before step s's own step hook."""
-    train(
-        load_spec(tiny_spec, ["trainer.max_steps=4", "evaluators.0.every=2", "trainer.num_samples=0"]),
-        quiet=True,
-    )
+    """An evaluation at step s is reported before step s's own step hook; the run's plug-in
+    section reaches the hooks through ``run.spec.sections``."""
+    overrides = ["trainer.max_steps=4", "evaluators.0.every=2", "trainer.num_samples=0", "hook_probe={}"]
+    train(load_spec(tiny_spec, overrides), quiet=True)
     assert probe.calls == [
-        ("start", (0, True)),
+        ("start", (0, True, "hello")),
         ("step", 1),
         ("eval", (2, True)),
         ("step", 2),

@@ -1,20 +1,24 @@
-"""The registry catalogue: valid entries, a schema that cannot drift, truthful first-party data,
-the installed-versus-catalogued comparison, and the matrix files."""
+"""The plug-in registry (pluggy is its one source of truth) and the registry catalogue: valid
+entries, a schema that cannot drift, truthful first-party data, the installed-versus-catalogued
+comparison, and the matrix files."""
 
 from __future__ import annotations
 
 import json
+import re
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_args
 
 import pytest
 from packaging.requirements import Requirement
 
+from mdm_core import ComponentRef, hookimpl
 from mdm_core.cli import main
-from mdm_core.errors import MdmError
-from mdm_core.interfaces import KINDS
-from mdm_core.plugins import core_version, get_registry
+from mdm_core.errors import MdmError, PluginError
+from mdm_core.kinds import KIND_LABELS, KINDS
+from mdm_core.plugins import Registry, core_version, get_registry
 from mdm_core.registry_catalog import (
     CHECK_PAIR,
     CatalogEntry,
@@ -27,6 +31,7 @@ from mdm_core.registry_catalog import (
     write_matrix,
 )
 from mdm_core.registry_catalog import main as registry_main
+from mdm_core.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY = ROOT / "registry"
@@ -35,14 +40,128 @@ GOOD: dict[str, Any] = {
     "version": "0.1.0",
     "summary": "cosine-shaped time sampling",
     "components": {"time_sampler": ["cosine_t"]},
-    "core": "mdm-core>=0.1,<0.2",
+    "core": "mdm-core>=0.2,<0.3",
     "source": "https://example.org/mdm-plugin-cosine-t",
     "status": "third-party",
 }
 
 
-def test_catalogue_kinds_are_the_interface_kinds() -> None:
+UNIFORM = "mdm_core.builtin.time_samplers:UniformTimeSampler"
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+
+class Late:
+    """A plug-in object registered with pluggy after discovery, as a test or a notebook would."""
+
+    def __init__(self, *refs: ComponentRef) -> None:
+        self.refs = list(refs)
+
+    @hookimpl
+    def mdm_components(self) -> list[ComponentRef]:
+        return self.refs
+
+
+class Raising:
+    @hookimpl
+    def mdm_components(self) -> list[ComponentRef]:
+        raise RuntimeError("boom")
+
+
+@pytest.fixture
+def registered() -> Iterator[list[object]]:
+    """Objects appended here are unregistered from the process-wide manager afterwards."""
+    objects: list[object] = []
+    yield objects
+    for obj in objects:
+        get_registry().pm.unregister(obj)
+
+
+def test_a_plugin_registered_with_pluggy_is_listed_and_loadable(
+    registered: list[object], tiny_spec: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = get_registry()
+    assert "late_uniform" not in registry.names("time_sampler")
+    late = Late(ComponentRef("time_sampler", "late_uniform", UNIFORM, "registered in-process"))
+    registry.pm.register(late, name="late")
+    registered.append(late)
+    assert "late_uniform" in registry.names("time_sampler")
+    assert registry.load("time_sampler", "late_uniform").__name__ == "UniformTimeSampler"
+    assert registry.provider("time_sampler", "late_uniform").name == "late"
+    spec = load_spec(tiny_spec, ["time_sampler.name=late_uniform"])
+    assert spec.components["time_sampler"].name == "late_uniform"
+    assert main(["plugins", "--json"]) == 0
+    listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)["plugins"]}
+    assert listed["late"]["components"] == {"time_sampler": ["late_uniform"]}
+    registry.pm.unregister(late)
+    registered.remove(late)
+    assert "late_uniform" not in registry.names("time_sampler")
+
+
+def test_a_hook_that_raises_is_that_plugins_load_error(
+    registered: list[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MDM_STRICT_PLUGINS", "0")
+    registry = get_registry()
+    for name, obj in [
+        ("raising", Raising()),
+        ("wrong-kind", Late(ComponentRef("optimizer", "adam", UNIFORM))),
+        ("not-a-ref", Late("bell")),  # type: ignore[arg-type]
+    ]:
+        registry.pm.register(obj, name=name)
+        registered.append(obj)
+    errors = {p.name: p.error for p in registry.plugins}
+    assert errors["raising"] == "mdm_components raised RuntimeError: boom"
+    assert errors["wrong-kind"] == f"mdm_components: unknown kind 'optimizer' (kinds: {', '.join(KINDS)})"
+    assert errors["not-a-ref"] == "mdm_components returned 'bell', not a ComponentRef"
+    assert errors["core"] is None and "uniform" in registry.names("time_sampler")
+    monkeypatch.setenv("MDM_STRICT_PLUGINS", "1")
+    fresh = Raising()  # a change in the registered plug-ins re-indexes them, now strictly
+    registry.pm.register(fresh, name="raising-again")
+    registered.append(fresh)
+    with pytest.raises(PluginError, match=r"\(in-process\) failed to load: mdm_components raised"):
+        registry.names("time_sampler")
+
+
+def test_load_checks_the_base_class_named_in_the_kinds_table(registered: list[object]) -> None:
+    registry = get_registry()
+    late = Late(ComponentRef("sampler", "not_a_sampler", UNIFORM))
+    registry.pm.register(late, name="late")
+    registered.append(late)
+    with pytest.raises(PluginError, match=r"is not a subclass of mdm_core\.interfaces\.Sampler"):
+        registry.load("sampler", "not_a_sampler")
+
+
+@pytest.mark.parametrize("disable", ["bell", "mdm-plugin-bell"])
+def test_disabled_plugins_are_blocked_in_pluggy(disable: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """By entry-point or distribution name; a later registration under that name is refused too."""
+    monkeypatch.setenv("MDM_DISABLE_PLUGINS", disable)
+    registry = Registry().discover()
+    assert registry.pm.is_blocked("bell")
+    assert "mdm-plugin-bell" not in {p.distribution for p in registry.plugins}
+    assert "bell" not in registry.names("time_sampler")
+    assert registry.pm.register(Late(ComponentRef("time_sampler", "bell", UNIFORM)), name="bell") is None
+    assert "bell" not in registry.names("time_sampler")
+    monkeypatch.setenv("MDM_DISABLE_PLUGINS", "")
+    monkeypatch.setenv("MDM_LOAD_PLUGINS", "dit")
+    only = Registry().discover()
+    assert {p.name for p in only.plugins} == {"core", "dit"} and only.pm.is_blocked("bell")
+
+
+def test_no_hook_is_called_beside_pluggy() -> None:
+    """Every hook call goes through ``pm.hook``: nothing in the core fetches a hook by name."""
+    core = Path(__file__).resolve().parent.parent / "mdm_core"
+    for path in core.rglob("*.py"):
+        assert not re.search(r"getattr\([^)]*[\"']mdm_", path.read_text()), path
+
+
+def test_labels_and_catalogue_kinds_are_the_kinds_table() -> None:
     assert get_args(Kind) == KINDS
+    assert set(KIND_LABELS) == set(KINDS)
+
+
+# -- the catalogue -----------------------------------------------------------------------------
 
 
 def test_schema_file_is_generated_from_the_model() -> None:
@@ -119,11 +238,11 @@ def test_compare_installed_against_the_catalogue() -> None:
     rows = {r["distribution"]: r for r in compare_installed(catalog, registry)}
     assert {r["status"] for r in rows.values()} == {"ok"}
     assert rows["mdm-plugin-bell"] == {
-        "distribution": "mdm-plugin-bell", "catalogued": "0.1.0", "installed": "0.1.0", "status": "ok"
+        "distribution": "mdm-plugin-bell", "catalogued": "0.2.0", "installed": "0.2.0", "status": "ok"
     }  # fmt: skip
     bell = next(e for e in catalog if e.distribution == "mdm-plugin-bell")
     edited = [
-        bell.model_copy(update={"version": "0.2.0"}),
+        bell.model_copy(update={"version": "0.3.0"}),
         CatalogEntry.model_validate(GOOD),
     ]
     rows = {r["distribution"]: r for r in compare_installed(edited, registry)}

@@ -8,22 +8,43 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from mdm_core.builtin import confidence as confidence_module
 from mdm_core.builtin.absorbing import AbsorbingProcess
+from mdm_core.builtin.confidence import confidence, margin, max_log_prob
 from mdm_core.builtin.samplers import AncestralSampler, ConfidenceSampler, categorical
 from mdm_core.errors import MdmError
-from mdm_core.interfaces import AttentionLayout, Backbone, KVCache, SamplingContext, Vocab
+from mdm_core.interfaces import (
+    AttentionLayout,
+    Backbone,
+    BlockCausalLayout,
+    InferenceRecord,
+    KVCache,
+    RunShape,
+    SamplingContext,
+    Vocab,
+)
 from mdm_core.testing import TinyBackbone
 
 VOCAB = Vocab(size=6, pad_id=4, mask_id=5)
 CTX = SamplingContext(vocab=VOCAB, device=torch.device("cpu"))
 
 
-class Recording(TinyBackbone):
-    """The kit's tiny model, remembering every input it was called with."""
+def shape(length: int, vocab: Vocab = VOCAB) -> RunShape:
+    return RunShape(vocab=vocab, seq_len=length)
 
-    def __init__(self, params: TinyBackbone.Params | None, vocab: Vocab, max_len: int) -> None:
-        super().__init__(params, vocab, max_len)
+
+def tiny(length: int, uses_time: bool = False) -> TinyBackbone:
+    return TinyBackbone(TinyBackbone.Params(uses_time=uses_time), shape(length))
+
+
+class Recording(TinyBackbone):
+    """The kit's tiny model, remembering every input (and time, layout) it was called with."""
+
+    def __init__(self, params: TinyBackbone.Params | None, run_shape: RunShape) -> None:
+        super().__init__(params, run_shape)
         self.calls: list[Tensor] = []
+        self.times: list[Tensor | None] = []
+        self.layouts: list[AttentionLayout | None] = []
 
     def forward(
         self,
@@ -34,6 +55,8 @@ class Recording(TinyBackbone):
         kv_cache: KVCache | None = None,
     ) -> Tensor:
         self.calls.append(input_ids.clone())
+        self.times.append(None if time_cond is None else time_cond.clone())
+        self.layouts.append(layout)
         return super().forward(input_ids, time_cond, layout, position_ids, kv_cache)
 
 
@@ -43,7 +66,7 @@ class Table(Backbone):
     name = "table"
 
     def __init__(self, table: Tensor, vocab: Vocab) -> None:
-        super().__init__(None, vocab, table.shape[0])
+        super().__init__(None, shape(table.shape[0], vocab))
         self.table = nn.Parameter(table)
         self.calls: list[Tensor] = []
 
@@ -85,7 +108,7 @@ def test_categorical_frequencies_match_probabilities() -> None:
 @pytest.mark.parametrize("num", [1, 3])
 def test_ancestral_nfe_is_bounded_by_distinct_states(num: int) -> None:
     length = 6
-    model = Recording(None, VOCAB, length)
+    model = Recording(None, shape(length))
     out = AncestralSampler(AncestralSampler.Params(steps=1000)).generate(model, CTX, num, length, generator())
     assert not bool((out.tokens == VOCAB.mask_id).any())
     assert bool((out.tokens < VOCAB.num_regular).all())
@@ -97,7 +120,7 @@ def test_ancestral_nfe_is_bounded_by_distinct_states(num: int) -> None:
 
 def test_ancestral_with_time_conditioning_never_caches() -> None:
     length = 4
-    model = Recording(TinyBackbone.Params(uses_time=True), VOCAB, length)
+    model = Recording(TinyBackbone.Params(uses_time=True), shape(length))
     out = AncestralSampler(AncestralSampler.Params(steps=200)).generate(model, CTX, 2, length, generator())
     assert out.nfe == len(model.calls) > length + 1
     assert not bool((out.tokens == VOCAB.mask_id).any())
@@ -118,9 +141,9 @@ def test_ancestral_keeps_infilling_context_and_uses_the_process_alpha() -> None:
     length = 8
     prompt = torch.arange(length).remainder(VOCAB.num_regular).expand(3, length)
     prompt_mask = (torch.arange(length) % 2 == 0).expand(3, length)
-    cosine = AbsorbingProcess(AbsorbingProcess.Params(schedule="cosine"))
-    ctx = SamplingContext(vocab=VOCAB, device=torch.device("cpu"), alpha=cosine.alpha)
-    model = TinyBackbone(None, VOCAB, length)
+    cosine = AbsorbingProcess(AbsorbingProcess.Params(schedule="cosine"), shape(length))
+    ctx = SamplingContext.of(cosine, "cpu")
+    model = tiny(length)
     out = AncestralSampler(AncestralSampler.Params(steps=20)).generate(
         model, ctx, 3, length, generator(), prompt, prompt_mask
     )
@@ -129,7 +152,7 @@ def test_ancestral_keeps_infilling_context_and_uses_the_process_alpha() -> None:
 
 
 def test_prompt_errors_are_clear() -> None:
-    model = TinyBackbone(None, VOCAB, 4)
+    model = tiny(4)
     sampler = AncestralSampler()
     with pytest.raises(MdmError, match="together"):
         sampler.generate(model, CTX, 1, 4, generator(), prompt=torch.zeros((1, 4), dtype=torch.long))
@@ -180,7 +203,7 @@ def test_confidence_sampler_quota_is_ceil_remaining_over_steps_left() -> None:
 
 
 def test_confidence_sampler_low_temperature_matches_argmax_and_is_seeded() -> None:
-    model = TinyBackbone(None, VOCAB, 7)
+    model = tiny(7)
     argmax = ConfidenceSampler(ConfidenceSampler.Params(steps=4)).generate(model, CTX, 3, 7, generator())
     cold = ConfidenceSampler(ConfidenceSampler.Params(steps=4, temperature=1e-4))
     assert torch.equal(cold.generate(model, CTX, 3, 7, generator(5)).tokens, argmax.tokens)
@@ -191,3 +214,88 @@ def test_confidence_sampler_low_temperature_matches_argmax_and_is_seeded() -> No
     )
     assert torch.equal(first.tokens, second.tokens)
     assert bool((first.tokens < VOCAB.num_regular).all())
+
+
+def test_ancestral_passes_the_grid_time_and_the_records_layout() -> None:
+    length = 6
+    cosine = AbsorbingProcess(AbsorbingProcess.Params(schedule="cosine"), shape(length))
+    record = cosine.inference()
+    blocked = InferenceRecord(
+        alpha=record.alpha, time_of_alpha=record.time_of_alpha, layout=lambda n: BlockCausalLayout(size=n)
+    )
+    ctx = SamplingContext(vocab=VOCAB, device=torch.device("cpu"), inference=blocked)
+    model = Recording(TinyBackbone.Params(uses_time=True), shape(length))
+    AncestralSampler(AncestralSampler.Params(steps=4)).generate(model, ctx, 2, length, generator())
+    assert all(isinstance(layout, BlockCausalLayout) and layout.size == length for layout in model.layouts)
+    first = model.times[0]
+    assert first is not None and torch.allclose(first, torch.ones(2))
+
+
+def test_confidence_sampler_passes_the_schedules_time_of_the_masked_fraction() -> None:
+    """The masked fraction r/L is not a time: a cosine-trained model must get t with 1 − α_t = r/L."""
+    length, steps = 8, 4
+    cosine = AbsorbingProcess(AbsorbingProcess.Params(schedule="cosine"), shape(length))
+    model = Recording(TinyBackbone.Params(uses_time=True), shape(length))
+    ConfidenceSampler(ConfidenceSampler.Params(steps=steps)).generate(
+        model, SamplingContext.of(cosine, "cpu"), 2, length, generator()
+    )
+    for call, time in zip(model.calls, model.times, strict=True):
+        fraction = (call == VOCAB.mask_id).sum(dim=1).double() / length
+        assert time is not None
+        expected = cosine.schedule.t_of_alpha(1.0 - fraction)
+        assert torch.allclose(time.double(), expected, atol=1e-6)
+        # 1 − α_t = fraction (up to α_1 = ε: everything masked is t = 1)
+        masked_at_t = 1.0 - cosine.schedule.alpha(time.double())
+        assert torch.allclose(masked_at_t, fraction.clamp(max=1 - 1e-3), atol=1e-5)
+    assert model.times[1] is not None and bool((model.times[1] < 1).all()), "later calls are not t = 1"
+    # a time-blind model is never handed a time
+    blind = Recording(None, shape(length))
+    ConfidenceSampler().generate(blind, SamplingContext.of(cosine, "cpu"), 1, length, generator())
+    assert all(time is None for time in blind.times)
+
+
+def test_samplers_declare_the_full_structure() -> None:
+    assert AncestralSampler.structures == ConfidenceSampler.structures == frozenset({"full"})
+
+
+# -- the one definition of confidence -----------------------------------------------------------
+
+
+def reference(logits: Tensor, num_regular: int, measure: str) -> Tensor:
+    log_p = torch.log_softmax(logits[:, :num_regular].double(), dim=-1)
+    if measure == "max_prob":
+        return log_p.amax(dim=-1)
+    top = log_p.exp().topk(2, dim=-1).values
+    return top[:, 0] - top[:, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_confidence_matches_float64_softmax_in_small_chunks(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vocab = Vocab(size=12, pad_id=10, mask_id=11)
+    monkeypatch.setattr(confidence_module, "CHUNK_ELEMENTS", 37)  # many small chunks
+    rows = (5.0 * torch.randn((53, vocab.size), generator=generator(0))).to(dtype)
+    rows[:, vocab.mask_id] = 100.0  # MASK and PAD logits must be ignored
+    rows[:, vocab.pad_id] = 90.0
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for measure in ("max_prob", "margin"):
+        expected = reference(rows.float(), vocab.num_regular, measure).float()
+        assert torch.allclose(confidence(rows, vocab.num_regular, measure), expected, atol=tol)
+    assert max_log_prob(rows[:0], vocab.num_regular).shape == (0,)
+    assert margin(rows[:, :1], 1).tolist() == [0.0] * 53
+
+
+def test_margin_is_the_probability_gap_not_the_logit_gap() -> None:
+    # row 0: logit gap 1 but many rivals (small p1 − p2); row 1: logit gap 0.5, two live ids
+    rows = torch.full((2, 8), -40.0)
+    rows[0] = torch.tensor([2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    rows[1, :2] = torch.tensor([0.5, 0.0])
+    gap = margin(rows, 8)
+    assert gap[1] > gap[0]
+    assert torch.allclose(gap.double(), reference(rows, 8, "margin"), atol=1e-7)
+    # and it keeps its digits when the two probabilities are nearly equal
+    far = torch.tensor([[0.0, -1e-3, 30.0]])
+    assert torch.allclose(
+        margin(far[:, [0, 1]], 2).double(), reference(far[:, [0, 1]], 2, "margin"), rtol=1e-5
+    )

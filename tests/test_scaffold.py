@@ -24,8 +24,9 @@ from packaging.version import Version
 
 from mdm_core.cli import main
 from mdm_core.errors import MdmError
+from mdm_core.kinds import KINDS
 from mdm_core.plugins import core_version
-from mdm_core.scaffold import SUPPORTED_KINDS, new_plugin
+from mdm_core.scaffold import CORE_REQUIREMENT, SUPPORTED_KINDS, new_plugin
 
 BROKEN = "broken-t"
 
@@ -64,11 +65,15 @@ def scaffolded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     broken = new_plugin(BROKEN, "time_sampler", root)
     component = broken / "src" / "mdm_plugin_broken_t" / "component.py"
     text = component.read_text()
-    assert "return (eps + (1.0 - eps) * u)" in text
-    component.write_text(text.replace("return (eps + (1.0 - eps) * u)", "return (eps + 2.0 * u)"))
+    assert "return eps + (1.0 - eps) * u" in text
+    component.write_text(text.replace("return eps + (1.0 - eps) * u", "return eps + 2.0 * u"))
     site = root / "site"
     pip_install([*sources, broken], site)
     return root, site
+
+
+def test_every_kind_can_be_scaffolded() -> None:
+    assert SUPPORTED_KINDS == KINDS
 
 
 def test_every_scaffolded_kind_passes_its_own_tests(scaffolded: tuple[Path, Path]) -> None:
@@ -113,12 +118,12 @@ def test_the_distribution_declares_core_range_classifier_and_entry_point(
     root, site = scaffolded
     project = tomllib.loads((root / "mdm-plugin-my-loss" / "pyproject.toml").read_text())["project"]
     assert project["name"] == "mdm-plugin-my-loss"
-    assert project["dependencies"] == ["mdm-core>=0.1,<0.2"]
+    assert project["dependencies"] == [CORE_REQUIREMENT] == ["mdm-core>=0.2,<0.3"]
     assert project["classifiers"] == ["Framework :: MDM"]
     assert project["entry-points"]["mdm"] == {"my_loss": "mdm_plugin_my_loss"}
     installed = next(d for d in metadata.distributions(path=[str(site)]) if d.name == "mdm-plugin-my-loss")
     required = [Requirement(r) for r in installed.requires or [] if "extra ==" not in r]
-    assert [(r.name, r.specifier) for r in required] == [("mdm-core", SpecifierSet(">=0.1,<0.2"))]
+    assert [(r.name, r.specifier) for r in required] == [("mdm-core", SpecifierSet(">=0.2,<0.3"))]
     assert core_version() in required[0].specifier
     assert "Framework :: MDM" in installed.metadata.get_all("Classifier", [])
     assert [(ep.group, ep.name, ep.value) for ep in installed.entry_points] == [
@@ -133,7 +138,6 @@ def test_the_distribution_declares_core_range_classifier_and_entry_point(
         ("9lives", "loss", "cannot name a plug-in"),
         ("double--dash", "loss", "cannot name a plug-in"),
         ("class", "loss", "cannot name a plug-in"),
-        ("ok", "evaluator", "evaluator cannot be scaffolded"),
         ("ok", "optimizer", "unknown --kind 'optimizer'"),
         ("uniform", "time_sampler", "already registered by mdm-core"),
     ],
@@ -159,5 +163,8 @@ def test_the_cli_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["new-plugin", "cosine-t", "--kind", "time_sampler", "--dest", str(tmp_path)]) == 0
     assert (tmp_path / "mdm-plugin-cosine-t" / "tests" / "test_cosine_t.py").is_file()
     assert "mdm-plugin-cosine-t" in capsys.readouterr().out
-    assert main(["new-plugin", "cosine-t", "--kind", "evaluator", "--dest", str(tmp_path)]) == 2
-    assert "error: new-plugin: --kind evaluator" in capsys.readouterr().err
+    assert main(["new-plugin", "cosine-t", "--kind", "loss", "--dest", str(tmp_path)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["new-plugin", "my-eval", "--kind", "evaluators", "--dest", str(tmp_path)]) == 0
+    readme = (tmp_path / "mdm-plugin-my-eval" / "README.md").read_text()
+    assert "evaluators: [{name: my_eval}]" in readme  # the kind's spec section, from the kinds table

@@ -17,7 +17,15 @@ from torch import Tensor
 from mdm_core.builtin.absorbing import AbsorbingProcess
 from mdm_core.builtin.samplers import ConfidenceSampler
 from mdm_core.errors import MdmError
-from mdm_core.interfaces import AttentionLayout, Backbone, DatasetBundle, EvalContext, KVCache, Vocab
+from mdm_core.interfaces import (
+    AttentionLayout,
+    Backbone,
+    DatasetBundle,
+    EvalContext,
+    KVCache,
+    RunShape,
+    Vocab,
+)
 from mdm_core.plugins import get_registry
 from mdm_core.tasks import sudoku_gen
 from mdm_core.tasks.cache import cache_dir
@@ -201,8 +209,8 @@ def test_task_components_are_registered() -> None:
     assert registry.load("data", "star_graph") is StarGraphSource
     assert registry.load("evaluator", "sudoku_accuracy") is SudokuAccuracy
     assert registry.load("evaluator", "path_accuracy") is PathAccuracy
-    assert SudokuSource().evaluators() == [{"name": "sudoku_accuracy"}]
-    assert StarGraphSource().evaluators() == [{"name": "path_accuracy"}]
+    # Evaluators are chosen by the spec alone: data sources no longer suggest them.
+    assert not hasattr(SudokuSource, "evaluators") and not hasattr(StarGraphSource, "evaluators")
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,7 +328,7 @@ class AnswerLookup(Backbone):
     name = "answer_lookup"
 
     def __init__(self, rows: Tensor, prompt_len: int, vocab: Vocab, corrupt: Tensor | None = None) -> None:
-        super().__init__(None, vocab, rows.shape[1])
+        super().__init__(None, RunShape(vocab=vocab, seq_len=rows.shape[1]))
         self.rows = rows
         self.prompt_len = prompt_len
         self.corrupt = corrupt
@@ -345,14 +353,13 @@ class AnswerLookup(Backbone):
 
 def eval_context(bundle: DatasetBundle, model: Backbone) -> EvalContext:
     vocab = bundle.tokenizer.vocab
-    process = AbsorbingProcess()
-    process.setup(vocab, bundle.seq_len, 8, max_steps=1, seed=0)
+    shape = RunShape(vocab=vocab, seq_len=bundle.seq_len, batch_size=8)
     return EvalContext(
         model=model,
         vocab=vocab,
         dataset=bundle.splits["validation"],
-        forward_process=process,
-        sampler=ConfidenceSampler(ConfidenceSampler.Params(steps=8)),
+        forward_process=AbsorbingProcess(None, shape),
+        sampler=ConfidenceSampler(ConfidenceSampler.Params(steps=8), shape),
         tokenizer=bundle.tokenizer,
         device=torch.device("cpu"),
         batch_size=5,

@@ -22,7 +22,7 @@ from packaging.version import Version
 
 from mdm_core.cli import main
 from mdm_core.plugins import reset_registry
-from mdm_core.scaffold import new_plugin
+from mdm_core.scaffold import CORE_REQUIREMENT, new_plugin
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = str(ROOT / "specs" / "quickstart.yaml")
@@ -63,7 +63,7 @@ def write_distribution(root: Path, dist: str, module: str, body: str) -> Path:
     (root / module / "__init__.py").write_text(body)
     (root / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["setuptools>=69"]\nbuild-backend = "setuptools.build_meta"\n\n'
-        f'[project]\nname = "{dist}"\nversion = "0.0.1"\ndependencies = ["mdm-core>=0.1,<0.2"]\n'
+        f'[project]\nname = "{dist}"\nversion = "0.0.1"\ndependencies = ["{CORE_REQUIREMENT}"]\n'
         f'classifiers = ["Framework :: MDM"]\n\n[project.entry-points.mdm]\n{module} = "{module}"\n\n'
         f'[tool.setuptools]\npackages = ["{module}"]\n'
     )
@@ -125,6 +125,7 @@ def test_a_pip_installed_time_sampler_is_used_by_name(site: Path, tmp_path: Path
         "module": "mdm_plugin_cosine_t",
         "error": None,
         "components": {"time_sampler": ["cosine_t"]},
+        "sections": [],
     }
     run = mdm(site, "train", QUICKSTART, "time_sampler.name=cosine_t", *TINY_RUN,
               "--run-dir", str(tmp_path / "run"), "--quiet")  # fmt: skip

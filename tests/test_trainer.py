@@ -1,4 +1,5 @@
-"""The training job end to end on a tiny spec: run directory, exact resume, divergence, DDP."""
+"""The training job end to end on a tiny spec: run directory, exact resume, divergence, DDP, and the
+real ``Trainer`` with a stateful forward process under gradient accumulation."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
-from mdm_core import hookimpl
+from mdm_core import checkpoint, hookimpl
+from mdm_core.builtin.absorbing import AbsorbingProcess
 from mdm_core.errors import TrainingDiverged
+from mdm_core.interfaces import Batch, RunShape, TimeSampler, TrainingExample
 from mdm_core.plugins import get_registry
 from mdm_core.runs import read_metrics
-from mdm_core.spec import load_spec
-from mdm_core.trainer import train
+from mdm_core.spec import Component, ResolvedSpec, load_spec
+from mdm_core.trainer import Trainer, train
 
 
 def _losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -95,16 +99,31 @@ class _Poison:
                 next(run.model.parameters()).fill_(float("nan"))  # type: ignore[attr-defined]
 
 
-def test_nan_stops_with_a_clear_error(tiny_spec: Path) -> None:
+def _poisoned(spec: ResolvedSpec) -> pytest.ExceptionInfo[TrainingDiverged]:
     pm = get_registry().pm
     poison = _Poison()
     pm.register(poison, name="poison")
     try:
-        with pytest.raises(TrainingDiverged, match="NaN/Inf at step 3") as info:
-            train(load_spec(tiny_spec), quiet=True)
+        with pytest.raises(TrainingDiverged) as info:
+            train(spec, quiet=True)
     finally:
         pm.unregister(poison)
     assert info.value.exit_code == 4 and "trainer.lr" in str(info.value)
+    return info
+
+
+def test_nan_on_a_non_log_step_is_named_exactly_by_the_gradient_norm(tiny_spec: Path) -> None:
+    # Step 3 is not a log step (log_every=2): its NaN gradient norm is recorded on the device
+    # and reported at the next report step (4), before step 4's checkpoint would be written.
+    info = _poisoned(load_spec(tiny_spec))
+    assert "gradient norm became NaN/Inf at step 3; stopped at step 4" in str(info.value)
+    runs = next((tiny_spec.parent / "runs").iterdir())
+    assert not (runs / "ckpt" / "step-00000004").exists()
+
+
+def test_nan_without_clipping_is_caught_by_the_next_logged_loss(tiny_spec: Path) -> None:
+    info = _poisoned(load_spec(tiny_spec, ["trainer.grad_clip=0"]))
+    assert "loss became NaN/Inf at step 4; stopped at step 4" in str(info.value)
 
 
 def _mdm(
@@ -183,3 +202,151 @@ def test_torchrun_two_processes_match_one(tiny_spec: Path, tmp_path: Path) -> No
     assert two["tokens"] == single["tokens"]
     # Same data, same global batch; only the per-rank masking noise differs.
     assert two["final"]["val/nll"] == pytest.approx(single["final"]["val/nll"], rel=0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# A stateful process with feedback, through the real Trainer with grad_accum > 1
+# --------------------------------------------------------------------------------------------
+
+
+class CountingProcess(AbsorbingProcess):
+    """Absorbing masking whose loss weights follow a tensor state fed back from the logits.
+
+    It records the order of ``prepare``/``feedback`` calls, checks that each micro-batch has the
+    run shape's per-rank micro size, that feedback gets detached logits of the example it made,
+    and (through ``watch``, the model the test hands it) that feedback comes after the
+    optimiser step. Its state (a step count and a running mean of the logits) changes the loss,
+    so a resume that lost it would not reproduce the uninterrupted run.
+    """
+
+    stateful = True
+    wants_feedback = True
+
+    def __init__(self, params: AbsorbingProcess.Params | None, shape: RunShape) -> None:
+        super().__init__(params, shape)
+        self.feedbacks = 0
+        self.mean_logits = torch.zeros(shape.vocab.size)
+        self.calls: list[tuple[str, int]] = []
+        self.pending: list[tuple[TrainingExample, Tensor | None]] = []
+        self.watch: torch.nn.Module | None = None
+
+    def weights(self) -> Tensor | None:
+        if self.watch is None:
+            return None
+        return torch.cat([p.detach().flatten() for p in self.watch.parameters()])
+
+    def prepare(
+        self, batch: Batch, time_sampler: TimeSampler, generator: torch.Generator, progress: float = 0.0
+    ) -> TrainingExample:
+        assert batch.size == self.require_shape().batch_size
+        example = super().prepare(batch, time_sampler, generator, progress)
+        scale = 1.0 + 0.5 * torch.tanh(self.mean_logits.mean())
+        example = example.with_weights(example.weights * scale)
+        self.calls.append(("prepare", len(self.pending)))
+        self.pending.append((example, self.weights()))
+        return example
+
+    def likelihood_process(self) -> AbsorbingProcess:
+        return AbsorbingProcess(self.params, self.require_shape())
+
+    def feedback(self, example: TrainingExample, logits: Tensor) -> None:
+        made, before = self.pending.pop(0)
+        assert made is example and not logits.requires_grad
+        after = self.weights()
+        if before is not None and after is not None:
+            assert not torch.equal(before, after), "feedback came before the optimiser step"
+        self.calls.append(("feedback", len(self.pending)))
+        self.feedbacks += 1
+        self.mean_logits = 0.9 * self.mean_logits + 0.1 * logits.float().mean(dim=(0, 1)).cpu()
+
+    def state_dict(self) -> dict[str, object]:
+        return {"feedbacks": self.feedbacks, "mean_logits": self.mean_logits.clone()}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.feedbacks = int(state["feedbacks"])  # type: ignore[call-overload]
+        mean = state["mean_logits"]
+        assert isinstance(mean, Tensor)
+        self.mean_logits = mean.clone()
+
+
+class NoFeedback(CountingProcess):
+    wants_feedback = False
+
+
+def with_process(spec: ResolvedSpec, cls: type[AbsorbingProcess]) -> ResolvedSpec:
+    """``spec`` training with ``cls`` (keeping the registered name, so the run files stay valid)."""
+    old = spec.components["forward_process"]
+    spec.components["forward_process"] = Component(old.kind, old.name, cls, old.params, old.where)
+    return spec
+
+
+ACCUM = ["trainer.grad_accum=2", "trainer.max_steps=6", "trainer.ckpt_every=3", "trainer.num_samples=0"]
+
+
+def test_feedback_per_micro_step_in_order_after_the_optimiser_step(tiny_spec: Path, tmp_path: Path) -> None:
+    trainer = Trainer(
+        with_process(load_spec(tiny_spec, ACCUM), CountingProcess), tmp_path / "run", quiet=True
+    )
+    process = trainer.parts.forward_process
+    assert isinstance(process, CountingProcess)
+    assert trainer.shape.batch_size == 4 and trainer.shape.grad_accum == 2  # 8 / world 1 / accum 2
+    process.watch = trainer.model
+    for _ in range(3):
+        trainer.train_step()
+    one_step = [("prepare", 0), ("prepare", 1), ("feedback", 1), ("feedback", 0)]
+    assert process.calls == one_step * 3
+    assert process.feedbacks == 6 and not process.pending
+
+
+def test_logits_are_not_fed_back_unless_asked(tiny_spec: Path, tmp_path: Path) -> None:
+    trainer = Trainer(with_process(load_spec(tiny_spec, ACCUM), NoFeedback), tmp_path / "run", quiet=True)
+    trainer.train_step()
+    process = trainer.parts.forward_process
+    assert isinstance(process, NoFeedback)
+    assert process.feedbacks == 0 and [c for c, _ in process.calls] == ["prepare", "prepare"]
+
+
+def test_stateful_process_state_is_checkpointed_and_resumes_exactly(tiny_spec: Path, tmp_path: Path) -> None:
+    full_dir = tmp_path / "full"
+    full = train(with_process(load_spec(tiny_spec, ACCUM), CountingProcess), run_dir=full_dir, quiet=True)
+    step, weights, groups = checkpoint.load_checkpoint(full_dir / "ckpt" / "step-00000006")
+    assert step == 6 and groups["forward_process"]["feedbacks"] == 12
+    assert groups["forward_process"]["mean_logits"].abs().sum() > 0
+
+    pm = get_registry().pm
+    crash = _CrashAt(step=5)
+    pm.register(crash, name="crash")
+    killed = tmp_path / "killed"
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(with_process(load_spec(tiny_spec, ACCUM), CountingProcess), run_dir=killed, quiet=True)
+    finally:
+        pm.unregister(crash)
+    assert (killed / "ckpt" / "latest").read_text().strip() == "step-00000003"
+    resumed = train(
+        with_process(load_spec(tiny_spec, ACCUM), CountingProcess), run_dir=killed, resume=True, quiet=True
+    )
+    assert _losses(killed) == _losses(full_dir)
+    assert resumed["final"] == full["final"]
+    _, resumed_weights, resumed_groups = checkpoint.load_checkpoint(killed / "ckpt" / "step-00000006")
+    assert resumed_groups["forward_process"]["feedbacks"] == 12
+    assert torch.equal(
+        resumed_groups["forward_process"]["mean_logits"], groups["forward_process"]["mean_logits"]
+    )
+    assert all(torch.equal(v, weights["model"][k]) for k, v in resumed_weights["model"].items())
+
+
+def test_rng_state_round_trips_and_a_cuda_state_is_handled(tmp_path: Path) -> None:
+    state = checkpoint.rng_state()
+    assert ("cuda" in state) == torch.cuda.is_available()
+    # A checkpoint from a GPU machine: the CUDA generator states come back (keys as ints) and are
+    # restored where CUDA exists, ignored on a CPU-only machine; the CPU state always returns.
+    fake_cuda = {"0": torch.arange(16, dtype=torch.uint8)}
+    saved = {**state, "cuda": state.get("cuda", fake_cuda)}
+    checkpoint.save_checkpoint(tmp_path, 1, {}, {"trainer": {"rng": saved}}, keep=1)
+    _, _, groups = checkpoint.load_checkpoint(tmp_path / "step-00000001")
+    expected = torch.rand(3)
+    checkpoint.set_rng_state(groups["trainer"]["rng"])
+    assert torch.equal(torch.rand(3), expected)
+    if torch.cuda.is_available():
+        assert torch.equal(torch.cuda.get_rng_state(0), state["cuda"]["0"])

@@ -9,8 +9,15 @@ from pydantic import Field
 from torch import Tensor
 
 from mdm_core.builtin.schedules import Schedule, make_schedule
-from mdm_core.errors import MdmError
-from mdm_core.interfaces import AttentionLayout, Batch, ForwardProcess, TimeSampler, TrainingExample
+from mdm_core.interfaces import (
+    Batch,
+    ForwardProcess,
+    FullLayout,
+    InferenceRecord,
+    RunShape,
+    TimeSampler,
+    TrainingExample,
+)
 from mdm_core.interfaces import Params as BaseParams
 
 
@@ -33,19 +40,25 @@ class AbsorbingProcess(ForwardProcess):
 
     params: Params
 
-    def __init__(self, params: Params | None = None) -> None:
-        super().__init__(params)
+    def __init__(self, params: Params | None, shape: RunShape) -> None:
+        super().__init__(params, shape)
         self.schedule: Schedule = make_schedule(self.params.schedule, self.params.eps)
 
     def alpha(self, t: Tensor) -> Tensor:
         return self.schedule.alpha(t)
 
+    def inference(self) -> InferenceRecord:
+        """Full-sequence generation with this schedule's α_t and its inverse (time input ``[B]``)."""
+        return InferenceRecord(
+            structure=type(self).structure(self.params),
+            alpha=self.schedule.alpha,
+            time_of_alpha=self.schedule.t_of_alpha,
+        )
+
     def prepare(
         self, batch: Batch, time_sampler: TimeSampler, generator: torch.Generator, progress: float = 0.0
     ) -> TrainingExample:
-        vocab = getattr(self, "vocab", None)
-        if vocab is None:
-            raise MdmError("forward process 'absorbing' was used before setup(vocab, ...); call setup first")
+        vocab = self.vocab
         ids = batch.input_ids
         device = ids.device
         size, length = ids.shape
@@ -58,9 +71,6 @@ class AbsorbingProcess(ForwardProcess):
         scale = self.schedule.weight(t) * time_sampler.loss_weight(t_gen, progress).to(device)
         weights = scale[:, None].expand(size, length).contiguous()
         normaliser = eligible.sum().clamp(min=1).to(torch.float32)
-        layout = AttentionLayout(
-            kind="full", key_padding=batch.attention_mask, prompt_len=batch.prompt_mask.sum(dim=1)
-        )
         return TrainingExample(
             input_ids=noisy,
             targets=ids,
@@ -68,5 +78,5 @@ class AbsorbingProcess(ForwardProcess):
             weights=weights,
             normaliser=normaliser,
             t=t,
-            layout=layout,
+            layout=FullLayout(key_padding=batch.attention_mask),
         )

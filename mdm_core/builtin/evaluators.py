@@ -15,8 +15,7 @@ from torchmetrics import SumMetric
 from mdm_core.builtin.losses import mdlm_reference
 from mdm_core.builtin.samplers import inference
 from mdm_core.errors import MdmError
-from mdm_core.interfaces import Batch, EvalContext, Evaluator, SamplingContext, TimeSampler
-from mdm_core.interfaces import Params as BaseParams
+from mdm_core.interfaces import Batch, EvalContext, Evaluator, EvaluatorParams, TimeSampler
 
 #: Smallest t of the evaluation draws, as in the uniform training sampler.
 EVAL_EPS = 1e-3
@@ -26,7 +25,7 @@ class PerSequenceStratified(TimeSampler):
     """t for K consecutive copies of each sequence, stratified over the copies.
 
     Rows come as ``(B·K, ...)``; copy k of sequence b gets ``eps + (1 − eps)(U_b + k)/K``, so each
-    sequence's K draws cover [0, 1) evenly whatever the batch size.
+    sequence's K draws cover [0, 1) evenly whatever the batch size. Its law is U(eps, 1).
     """
 
     name = "per_sequence_stratified"
@@ -35,6 +34,12 @@ class PerSequenceStratified(TimeSampler):
         super().__init__()
         self.draws = draws
         self.eps = eps
+
+    def quantile(self, u: Tensor, progress: float = 0.0) -> Tensor:
+        return self.eps + (1.0 - self.eps) * u
+
+    def is_uniform(self) -> bool:
+        return True
 
     def sample(self, shape: tuple[int, ...], generator: torch.Generator, progress: float = 0.0) -> Tensor:
         if shape[0] % self.draws:
@@ -85,8 +90,10 @@ class NLLEvaluator(Evaluator):
 
     name = "nll"
 
-    class Params(BaseParams):
-        every: int = Field(default=250, ge=1, description="evaluate every this many training steps")
+    class Params(EvaluatorParams):
+        every: int = Field(
+            default=250, ge=0, description="evaluate every N optimiser steps; 0: only at the end"
+        )
         draws: int = Field(default=8, ge=1, description="stratified t draws per sequence (K)")
         max_batches: int | None = Field(default=None, ge=1, description="evaluate only the first batches")
 
@@ -107,8 +114,6 @@ class NLLEvaluator(Evaluator):
                 rows = ctx.dataset[index * per_batch : (index + 1) * per_batch]
                 ids = torch.as_tensor(rows["input_ids"], dtype=torch.long)
                 prompt_len = torch.as_tensor(rows["prompt_len"]) if "prompt_len" in rows else None
-                if getattr(process, "vocab", None) is None:
-                    process.setup(ctx.vocab, ids.shape[1], ctx.batch_size, 1, ctx.seed)
                 batch = Batch.from_ids(
                     ids.repeat_interleave(draws, dim=0).to(ctx.device),
                     ctx.vocab,
@@ -132,15 +137,14 @@ class NLLEvaluator(Evaluator):
 
 
 class SampleEvaluator(Evaluator):
-    """Generate with the run's sampler: mean NFE, unigram entropy, and the source's NLL if known.
-
-    The decoded texts stay on the instance as ``last_texts`` for the trainer to print.
-    """
+    """Generate with the run's sampler: mean NFE, unigram entropy, and the source's NLL if known."""
 
     name = "samples"
 
-    class Params(BaseParams):
-        every: int = Field(default=1000, ge=1, description="evaluate every this many training steps")
+    class Params(EvaluatorParams):
+        every: int = Field(
+            default=1000, ge=0, description="evaluate every N optimiser steps; 0: only at the end"
+        )
         num_samples: int = Field(default=8, ge=1, description="sequences to generate")
         length: int | None = Field(
             default=None, ge=1, description="sequence length (default: the data's seq_len)"
@@ -148,17 +152,13 @@ class SampleEvaluator(Evaluator):
 
     params: Params
 
-    def __init__(self, params: Params | None = None) -> None:
-        super().__init__(params)
-        self.last_texts: list[str] = []
-
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         length = self.params.length or len(ctx.dataset[0]["input_ids"])
-        sampling = SamplingContext(vocab=ctx.vocab, device=ctx.device, alpha=ctx.forward_process.alpha)
         generator = torch.Generator().manual_seed(ctx.seed)
-        out = ctx.sampler.generate(ctx.model, sampling, self.params.num_samples, length, generator)
+        out = ctx.sampler.generate(
+            ctx.model, ctx.sampling_context(), self.params.num_samples, length, generator
+        )
         tokens = out.tokens.cpu()
-        self.last_texts = [ctx.tokenizer.decode(row.tolist()) for row in tokens]
         metrics = {"samples/nfe": float(out.nfe), "samples/entropy": unigram_entropy(tokens, ctx.vocab.size)}
         true_nll: Any = getattr(ctx.data_source, "true_nll", None)
         if callable(true_nll):

@@ -44,6 +44,3 @@ class MDLMLoss(Loss):
 
     def __call__(self, logits: Tensor, example: TrainingExample, vocab: Vocab) -> LossOutput:
         return mdlm_reference(logits, example, vocab)
-
-    def describe(self) -> str:
-        return "PyTorch reference"

@@ -1,24 +1,28 @@
 """Built-in samplers: ancestral (with denoiser caching) and confidence-ordered unmasking.
 
-Both draw every random number from the caller's generator on its own device, as float64
-uniforms, and turn them into categorical draws by inverting the float64 CDF: fp32 noise would cut
-off the tail of the distribution, lowering sample entropy and flattering generative perplexity.
+Both read how the model was trained from ``ctx.inference`` (the forward process's record: α_t and
+its inverse, the generation layout, the time input), and draw every random number from the
+caller's generator on its own device, as float64 uniforms, turned into categorical draws by
+inverting the float64 CDF: fp32 noise would cut off the tail of the distribution, lowering sample
+entropy and flattering generative perplexity.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import pairwise
-from typing import Literal
+from typing import ClassVar
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
+from mdm_core.builtin.confidence import Measure, confidence
 from mdm_core.builtin.losses import subs_logits
 from mdm_core.errors import MdmError
-from mdm_core.interfaces import AttentionLayout, Backbone, SampleOutput, Sampler, SamplingContext, Vocab
+from mdm_core.interfaces import Backbone, SampleOutput, Sampler, SamplingContext, Vocab
 from mdm_core.interfaces import Params as BaseParams
 
 
@@ -34,9 +38,24 @@ def categorical(probs: Tensor, u: Tensor) -> Tensor:
     return (cdf <= threshold[:, None]).sum(dim=-1)
 
 
-def denoiser_probs(model: Backbone, z: Tensor, vocab: Vocab, t: Tensor | None) -> Tensor:
+def denoiser_logits(model: Backbone, z: Tensor, ctx: SamplingContext, t: Tensor) -> Tensor:
+    """The backbone's logits for state ``z`` under the record's generation layout and time input.
+
+    ``t`` ``[N]`` is the schedule's time of each sequence; it reaches the model only when the
+    model uses time and the record says it was trained with one (per block: ``[N, n_blocks]``).
+    """
+    record = ctx.inference
+    time: Tensor | None = None
+    if model.uses_time and record.time_input != "none":
+        time = t.to(device=z.device, dtype=torch.float32)
+        if record.time_input == "block":
+            blocks = math.ceil(z.shape[1] / (record.block_size or z.shape[1]))
+            time = time[:, None].expand(-1, blocks)
+    return model(z, time_cond=time, layout=record.layout(z.shape[1]))
+
+
+def denoiser_probs(logits: Tensor, vocab: Vocab) -> Tensor:
     """p_θ(x | z) in float64 with SUBS (MASK and PAD never predicted)."""
-    logits = model(z, time_cond=t if model.uses_time else None, layout=AttentionLayout(kind="full"))
     return torch.softmax(subs_logits(logits, vocab).to(torch.float64), dim=-1)
 
 
@@ -84,10 +103,6 @@ def inference(model: Backbone) -> Iterator[None]:
         model.train(was_training)
 
 
-def log_linear(t: Tensor) -> Tensor:
-    return 1.0 - t
-
-
 class AncestralSampler(Sampler):
     """Ancestral sampling on a t grid from 1 to eps, reusing the denoiser while nothing changes.
 
@@ -98,6 +113,7 @@ class AncestralSampler(Sampler):
     """
 
     name = "ancestral"
+    structures: ClassVar[frozenset[str]] = frozenset({"full"})
 
     class Params(BaseParams):
         steps: int = Field(default=128, ge=1, description="grid steps from t = 1 to eps")
@@ -122,7 +138,7 @@ class AncestralSampler(Sampler):
         prompt_mask: Tensor | None = None,
     ) -> SampleOutput:
         vocab, device = ctx.vocab, ctx.device
-        alpha: Callable[[Tensor], Tensor] = ctx.alpha or log_linear
+        alpha = ctx.inference.alpha
         z = initial_state(vocab, num_samples, length, device, prompt, prompt_mask)
         grid = torch.linspace(1.0, self.params.eps, self.params.steps + 1, dtype=torch.float64)
         nfe = 0
@@ -134,7 +150,8 @@ class AncestralSampler(Sampler):
                 if not masked.any():
                     break
                 if probs is None or refresh:
-                    probs = denoiser_probs(model, z, vocab, torch.full((num_samples,), t, device=device))
+                    time = torch.full((num_samples,), t, device=device)
+                    probs = denoiser_probs(denoiser_logits(model, z, ctx, time), vocab)
                     nfe += 1
                 a_t, a_s = alpha(torch.tensor([t, s], dtype=torch.float64)).tolist()
                 reveal_prob = (a_s - a_t) / (1.0 - a_t)
@@ -147,7 +164,7 @@ class AncestralSampler(Sampler):
             if masked.any():
                 if probs is None or refresh:
                     time = torch.full((num_samples,), self.params.eps, device=device)
-                    probs = denoiser_probs(model, z, vocab, time)
+                    probs = denoiser_probs(denoiser_logits(model, z, ctx, time), vocab)
                     nfe += 1
                 z = torch.where(masked, probs.argmax(dim=-1), z)
         return SampleOutput(tokens=z, nfe=nfe)
@@ -157,15 +174,19 @@ class ConfidenceSampler(Sampler):
     """Reveal, each step, the masked positions the model is most confident about (LLaDA / PUMA).
 
     With r masked positions and n steps left a sequence reveals ceil(r / n), so every sequence is
-    complete after ``steps`` steps. Confidence is the denoiser's max probability or its top-two
-    margin; the revealed token is the argmax (temperature 0) or a float64 tempered sample.
+    complete after ``steps`` steps. Confidence is :func:`mdm_core.builtin.confidence.confidence`
+    (max log-probability or the top-two probability margin p1 − p2, the definition PUMA trains
+    with); the revealed token is the argmax (temperature 0) or a float64 tempered sample. A
+    time-conditioned backbone gets the schedule's t at which the current masked fraction is
+    expected (``ctx.inference.time_for_masked_fraction``), as in training.
     """
 
     name = "confidence"
+    structures: ClassVar[frozenset[str]] = frozenset({"full"})
 
     class Params(BaseParams):
         steps: int = Field(default=64, ge=1, description="number of reveal rounds")
-        confidence: Literal["max_prob", "margin"] = Field(default="max_prob", description="p1, or p1 − p2")
+        confidence: Measure = Field(default="max_prob", description="max_v log p(v), or p1 − p2")
         temperature: float = Field(
             default=0.0, ge=0.0, description="0: argmax fill; > 0: sample at this temperature"
         )
@@ -192,11 +213,16 @@ class ConfidenceSampler(Sampler):
                 remaining = masked.sum(dim=1)
                 if not remaining.any():
                     break
-                probs = denoiser_probs(model, z, vocab, remaining / free)
+                time = ctx.inference.time_for_masked_fraction(remaining.double() / free.double())
+                logits = denoiser_logits(model, z, ctx, time)
                 nfe += 1
+                probs = denoiser_probs(logits, vocab)
                 candidates = self._fill(probs, generator, device)
-                confidence = self._confidence(probs).masked_fill(~masked, float("-inf"))
-                order = torch.argsort(confidence, dim=1, descending=True, stable=True)
+                flat = logits.reshape(-1, logits.shape[-1])
+                score = confidence(flat, vocab.num_regular, self.params.confidence).reshape(masked.shape)
+                order = torch.argsort(
+                    score.masked_fill(~masked, -math.inf), dim=1, descending=True, stable=True
+                )
                 rank = torch.empty_like(order).scatter_(
                     1, order, torch.arange(length, device=device).expand_as(order)
                 )
@@ -204,12 +230,6 @@ class ConfidenceSampler(Sampler):
                 reveal = masked & (rank < quota[:, None])
                 z = torch.where(reveal, candidates, z)
         return SampleOutput(tokens=z, nfe=nfe)
-
-    def _confidence(self, probs: Tensor) -> Tensor:
-        if self.params.confidence == "max_prob":
-            return probs.max(dim=-1).values
-        top = probs.topk(2, dim=-1).values
-        return top[..., 0] - top[..., 1]
 
     def _fill(self, probs: Tensor, generator: torch.Generator, device: torch.device) -> Tensor:
         if self.params.temperature == 0.0:

@@ -18,7 +18,7 @@ from torchmetrics import SumMetric
 from mdm_core.builtin.evaluators import batch_generator, float64_sum, rank_and_world
 from mdm_core.data.loader import iterate_eval
 from mdm_core.errors import MdmError
-from mdm_core.interfaces import Batch, EvalContext, SamplingContext
+from mdm_core.interfaces import Batch, EvalContext
 
 
 def decode_responses(ctx: EvalContext, max_rows: int) -> Iterator[tuple[Batch, Tensor]]:
@@ -31,7 +31,7 @@ def decode_responses(ctx: EvalContext, max_rows: int) -> Iterator[tuple[Batch, T
         raise MdmError("task evaluators need a dataset with a prompt_len column (as the task sources give)")
     rank, world = rank_and_world()
     first = rank * len(dataset) // world
-    sampling = SamplingContext(vocab=ctx.vocab, device=ctx.device, alpha=ctx.forward_process.alpha)
+    sampling = ctx.sampling_context()
     batches = iterate_eval(dataset, ctx.vocab, ctx.batch_size, rank, world, ctx.device)
     for k, batch in enumerate(batches):
         size, length = batch.input_ids.shape

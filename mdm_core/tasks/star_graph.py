@@ -13,7 +13,7 @@ from the goal is trivial, which is what a masked diffusion model can learn to do
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from torch import Tensor
 from mdm_core.data.loader import rows_dataset
 from mdm_core.data.tokenizers import SymbolTokenizer
 from mdm_core.errors import MdmError
-from mdm_core.interfaces import DatasetBundle, DataSource, EvalContext, Evaluator, Params
+from mdm_core.interfaces import DatasetBundle, DataSource, EvalContext, Evaluator, EvaluatorParams, Params
 from mdm_core.tasks.decoding import Totals, decode_responses
 
 #: Separator symbols after the node labels: end of an edge, start of the query, start of the path.
@@ -128,9 +128,6 @@ class StarGraphSource(DataSource):
         info = {"task": "star_graph", "prompt_len": layout.prompt_len, "chance_path_exact": 1.0 / p.degree}
         return DatasetBundle(splits=splits, tokenizer=self.tokenizer, seq_len=layout.seq_len, info=info)
 
-    def evaluators(self) -> list[dict[str, Any]]:
-        return [{"name": "path_accuracy"}]
-
     def _distinct(self, num: int, rng: np.random.Generator, seen: set[bytes]) -> np.ndarray:
         """``num`` graphs none of which is in ``seen`` (which then holds them too)."""
         parts: list[np.ndarray] = []
@@ -161,8 +158,10 @@ class PathAccuracy(Evaluator):
 
     name: ClassVar[str] = "path_accuracy"
 
-    class Params(Params):
-        every: int = Field(default=500, ge=1, description="evaluate every this many training steps")
+    class Params(EvaluatorParams):
+        every: int = Field(
+            default=500, ge=0, description="evaluate every N optimiser steps; 0: only at the end"
+        )
         max_graphs: int = Field(default=256, ge=1, description="validation graphs to solve")
 
     params: Params

@@ -17,7 +17,15 @@ from torch import Tensor
 
 from mdm_core.data.loader import rows_dataset
 from mdm_core.errors import MdmError
-from mdm_core.interfaces import DatasetBundle, DataSource, EvalContext, Evaluator, Params, Tokenizer
+from mdm_core.interfaces import (
+    DatasetBundle,
+    DataSource,
+    EvalContext,
+    Evaluator,
+    EvaluatorParams,
+    Params,
+    Tokenizer,
+)
 from mdm_core.tasks import sudoku_gen
 from mdm_core.tasks.cache import cached_arrays
 from mdm_core.tasks.decoding import Totals, decode_responses
@@ -136,9 +144,6 @@ class SudokuSource(DataSource):
         }
         return DatasetBundle(splits=splits, tokenizer=self.tokenizer, seq_len=SEQ_LEN, info=info)
 
-    def evaluators(self) -> list[dict[str, Any]]:
-        return [{"name": "sudoku_accuracy"}]
-
     def _generate(self) -> dict[str, np.ndarray]:
         p = self.params
         root = np.random.SeedSequence(p.seed)
@@ -209,8 +214,10 @@ class SudokuAccuracy(Evaluator):
 
     name: ClassVar[str] = "sudoku_accuracy"
 
-    class Params(Params):
-        every: int = Field(default=500, ge=1, description="evaluate every this many training steps")
+    class Params(EvaluatorParams):
+        every: int = Field(
+            default=500, ge=0, description="evaluate every N optimiser steps; 0: only at the end"
+        )
         max_puzzles: int = Field(default=256, ge=1, description="validation puzzles to solve")
 
     params: Params

@@ -1,4 +1,10 @@
-"""Conformance laws of a ForwardProcess (see ``mdm_core.testing``)."""
+"""Conformance laws of a ForwardProcess (see ``mdm_core.testing``).
+
+``check_forward_process(make)`` takes ``make(shape: RunShape) -> ForwardProcess``: the kit builds
+a fresh process for every law with the shape of the batch it is about to prepare (vocabulary,
+``seq_len`` = batch length, ``batch_size`` = batch rows, ``grad_accum`` 1, seed 0), exactly as
+the trainer builds one per run.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,10 @@ from torch import Tensor
 
 from mdm_core.builtin.time_samplers import UniformTimeSampler
 from mdm_core.interfaces import (
+    AttentionLayout,
     Batch,
     ForwardProcess,
+    RunShape,
     TimeSampler,
     TrainingExample,
     Vocab,
@@ -21,9 +29,12 @@ from mdm_core.interfaces import (
 from mdm_core.testing.laws import generator, law_settings, require
 from mdm_core.testing.strategies import batches, vocabs
 
+#: What ``make`` must be: a process built for the given run shape.
+MakeProcess = Callable[[RunShape], ForwardProcess]
+
 
 class FixedTimeSampler(TimeSampler):
-    """Every draw equals ``value``: probes a forward process at a chosen noise level."""
+    """Every draw equals ``value`` (a point mass): probes a forward process at a chosen noise level."""
 
     name = "fixed"
 
@@ -31,19 +42,28 @@ class FixedTimeSampler(TimeSampler):
         super().__init__()
         self.value = value
 
-    def sample(self, shape: tuple[int, ...], generator: torch.Generator, progress: float = 0.0) -> Tensor:
-        return torch.full(shape, self.value)
+    def quantile(self, u: Tensor, progress: float = 0.0) -> Tensor:
+        return torch.full_like(u, self.value)
 
 
-def _set_up(make: Callable[[], ForwardProcess], vocab: Vocab, batch: Batch) -> ForwardProcess:
-    process = make()
+class WeightedUniform(UniformTimeSampler):
+    """The uniform law with ``loss_weight`` 2: a process must multiply its weights by it."""
+
+    name = "weighted_uniform"
+
+    def loss_weight(self, t: Tensor, progress: float = 0.0) -> Tensor:
+        return torch.full_like(t, 2.0)
+
+
+def shape_of(batch: Batch, vocab: Vocab) -> RunShape:
+    """The run shape the kit builds a process with for ``batch``."""
     size, length = batch.input_ids.shape
-    process.setup(vocab, length, size, max_steps=100, seed=0)
-    return process
+    return RunShape(vocab=vocab, seq_len=length, batch_size=size, max_steps=100, seed=0)
 
 
 def _tensors(example: TrainingExample) -> dict[str, Tensor | None]:
     layout = example.layout
+    length = example.input_ids.shape[1]
     return {
         "input_ids": example.input_ids,
         "targets": example.targets,
@@ -52,14 +72,13 @@ def _tensors(example: TrainingExample) -> dict[str, Tensor | None]:
         "normaliser": example.normaliser,
         "t": example.t,
         "position_ids": example.position_ids,
-        "layout.mask": layout.mask,
+        "layout.dense": layout.dense(length, length),
         "layout.key_padding": layout.key_padding,
-        "layout.prompt_len": layout.prompt_len,
     }
 
 
 def _same_example(a: TrainingExample, b: TrainingExample, law: str) -> None:
-    require(a.layout.kind == b.layout.kind and a.layout.block_size == b.layout.block_size, f"{law}: layout")
+    require(type(a.layout) is type(b.layout) and a.layout.block_size == b.layout.block_size, f"{law}: layout")
     for key, x in _tensors(a).items():
         y = _tensors(b)[key]
         same = (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
@@ -99,9 +118,10 @@ def _check_example(example: TrainingExample, batch: Batch, vocab: Vocab, statefu
             torch.equal(mask, masked), "loss_mask must mark exactly the masked non-pad non-prompt positions"
         )
     layout = example.layout
+    require(isinstance(layout, AttentionLayout), "layout must be an AttentionLayout")
     if layout.key_padding is not None:
         require(layout.key_padding.shape == ids.shape, "layout.key_padding must be [B, L'] like input_ids")
-    dense = layout.dense(ids.shape[1], ids.device)
+    dense = layout.dense(ids.shape[1], ids.shape[1], device=ids.device)
     if dense is not None:
         require(
             dense.dtype == torch.bool
@@ -135,9 +155,12 @@ def _copy_state(value: Any) -> Any:
     return value.clone() if isinstance(value, Tensor) else value
 
 
-def check_forward_process(make: Callable[[], ForwardProcess], *, max_examples: int = 30) -> None:
+def check_forward_process(make: MakeProcess, *, max_examples: int = 30) -> None:
     """Shapes, loss mask = masked non-pad non-prompt positions, finite weights, determinism,
-    ``state_dict`` round trip, and (unless ``stateful``) masking that grows with t from ~0."""
+    ``state_dict`` round trip, the time sampler's ``loss_weight`` applied (a sampler with weight 2
+    must double the weights and change nothing else), ``inference()`` consistent with
+    ``structure(params)`` (and α_t inverted by ``time_of_alpha``), and (unless ``stateful``)
+    masking that grows with t from ~0. ``make(shape)`` builds the process for a run shape."""
     uniform = UniformTimeSampler()
 
     @law_settings(max_examples)
@@ -145,16 +168,19 @@ def check_forward_process(make: Callable[[], ForwardProcess], *, max_examples: i
     def laws(data: st.DataObject, seed: int) -> None:
         vocab = data.draw(vocabs(2, 30), label="vocab")
         batch = data.draw(batches(vocab), label="batch")
-        process = _set_up(make, vocab, batch)
+        shape = shape_of(batch, vocab)
+        process = make(shape)
         example = process.prepare(batch, uniform, generator(seed))
         _check_example(example, batch, vocab, process.stateful)
-        again = _set_up(make, vocab, batch).prepare(batch, uniform, generator(seed))
+        again = make(shape).prepare(batch, uniform, generator(seed))
         _same_example(example, again, "same seed must give the same example")
+        weighted = make(shape).prepare(batch, WeightedUniform(), generator(seed))
+        _check_weighted(example, weighted)
         logits = torch.randn((*example.targets.shape, vocab.size), generator=generator(seed))
         process.feedback(example, logits)
         state = process.state_dict()
         _check_state(state)
-        restored = _set_up(make, vocab, batch)
+        restored = make(shape)
         restored.load_state_dict(_copy_state(state))
         _same_example(
             process.prepare(batch, uniform, generator(seed + 1)),
@@ -163,17 +189,50 @@ def check_forward_process(make: Callable[[], ForwardProcess], *, max_examples: i
         )
 
     laws()
-    if not make().stateful:
+    vocab = Vocab(size=12, pad_id=10, mask_id=11)
+    process = make(RunShape(vocab=vocab, seq_len=16, batch_size=4))
+    _check_inference(process)
+    if not process.stateful:
         _check_masking_grows(make)
 
 
-def _check_masking_grows(make: Callable[[], ForwardProcess]) -> None:
+def _check_weighted(plain: TrainingExample, weighted: TrainingExample) -> None:
+    """Same example under a sampler of the same law whose ``loss_weight`` is 2: weights doubled."""
+    law = "a time sampler with loss_weight 2 must double the weights (and change nothing else)"
+    require(torch.equal(plain.loss_mask, weighted.loss_mask), f"{law}: loss_mask differs")
+    require(torch.equal(plain.input_ids, weighted.input_ids), f"{law}: input_ids differ")
+    mask = plain.loss_mask
+    size, length = mask.shape
+    expected = 2.0 * torch.broadcast_to(plain.weights, (size, length))[mask].double()
+    got = torch.broadcast_to(weighted.weights, (size, length))[mask].double()
+    require(torch.allclose(got, expected, rtol=1e-6, atol=0.0), law)
+
+
+def _check_inference(process: ForwardProcess) -> None:
+    record = process.inference()
+    declared = type(process).structure(process.params)
+    require(
+        record.structure == declared,
+        f"inference().structure is '{record.structure}' but structure(params) says '{declared}'",
+    )
+    layout = record.layout(process.seq_len)
+    require(isinstance(layout, AttentionLayout), "inference().layout(length) must be an AttentionLayout")
+    t = torch.linspace(0.02, 0.98, 49, dtype=torch.float64)
+    alpha = record.alpha(t)
+    require(bool((alpha[1:] < alpha[:-1]).all()), "inference().alpha must decrease strictly in t")
+    require(
+        torch.allclose(record.time_of_alpha(alpha), t, rtol=0.0, atol=1e-6),
+        "inference().time_of_alpha must invert inference().alpha",
+    )
+
+
+def _check_masking_grows(make: MakeProcess) -> None:
     vocab = Vocab(size=12, pad_id=10, mask_id=11)
     ids = torch.randint(0, vocab.num_regular, (64, 32), generator=generator(0))
     batch = Batch.from_ids(ids, vocab)
     fractions = []
     for t in (1e-6, 0.3, 0.9):
-        example = _set_up(make, vocab, batch).prepare(batch, FixedTimeSampler(t), generator(1))
+        example = make(shape_of(batch, vocab)).prepare(batch, FixedTimeSampler(t), generator(1))
         fractions.append(float((example.input_ids[:, : ids.shape[1]] == vocab.mask_id).float().mean()))
     require(
         fractions[0] <= 0.02, f"at t = 1e-6 almost nothing may be masked; masked fraction {fractions[0]:.3f}"

@@ -6,7 +6,7 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
-from mdm_core.interfaces import AttentionLayout, Batch, TrainingExample, Vocab
+from mdm_core.interfaces import Batch, FullLayout, TrainingExample, Vocab
 
 
 def vocabs(min_regular: int = 2, max_regular: int = 50) -> st.SearchStrategy[Vocab]:
@@ -79,6 +79,6 @@ def training_examples(
         weights=weights,
         normaliser=(~pad).sum().clamp(min=1).float(),
         t=t,
-        layout=AttentionLayout(kind="full", key_padding=~pad),
+        layout=FullLayout(key_padding=~pad),
     )
     return logits, example

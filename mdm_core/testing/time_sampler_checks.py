@@ -10,17 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor
 
-from mdm_core.interfaces import (
-    TimeSampler,
-)
+from mdm_core.interfaces import TimeSampler, stratified_uniforms
 from mdm_core.testing.laws import generator, law_settings, require
 
 
 def check_time_sampler(make: Callable[[], TimeSampler], *, max_examples: int = 30) -> None:
-    """Draws in (0, 1] of the asked shape, finite; same seed ⇒ same draw; finite weights/density.
-
-    A sampler with ``stratified_uniform = True`` must also put exactly one draw in each of the n
-    strata ``eps + (1 − eps)[i/n, (i+1)/n)`` (``eps`` read from its params, 0 if absent).
+    """Draws in (0, 1] of the asked shape, finite; same seed ⇒ same draw; finite weights/density;
+    ``quantile`` monotone non-decreasing into (0, 1]; ``sample`` equals the quantile of the
+    stratified uniforms (one independent uniform per stratum), so the draws are stratified in the
+    law's own CDF; and a sampler that says ``is_uniform()`` has the quantile ``eps + (1 − eps)u``
+    (``eps`` = its ``quantile(0)``).
     """
 
     @law_settings(max_examples)
@@ -50,15 +49,31 @@ def check_time_sampler(make: Callable[[], TimeSampler], *, max_examples: int = 3
             not on_grid.isnan().any() and not (on_grid == math.inf).any(),
             "log_density on (0, 1) must be a number or −inf (never NaN or +inf)",
         )
-        if getattr(sampler, "stratified_uniform", False):
-            eps = float(getattr(sampler.params, "eps", 0.0))
-            n = t.numel()
-            u = ((t.flatten().double() - eps) / (1.0 - eps)).sort().values
-            index = torch.arange(n, dtype=torch.float64)
-            slack = 1e-6
-            require(
-                ((u >= index / n - slack) & (u <= (index + 1) / n + slack)).all(),
-                f"stratified_uniform sampler must put exactly one of {n} draws in each stratum",
-            )
+        _quantile_laws(sampler, shape, seed, progress, t)
 
     laws()
+
+
+def _quantile_laws(
+    sampler: TimeSampler, shape: tuple[int, ...], seed: int, progress: float, t: Tensor
+) -> None:
+    u = stratified_uniforms(shape, generator(seed))
+    expected = sampler.quantile(u, progress)
+    require(expected.shape == u.shape, "quantile(u) must have u's shape")
+    require(
+        torch.equal(t, expected.to(torch.float32)),
+        "sample() must equal quantile(stratified_uniforms(shape, generator)) (one uniform per stratum)",
+    )
+    levels = torch.cat([torch.linspace(0.0, 1.0, 257, dtype=torch.float64), u.flatten()]).sort().values
+    q = sampler.quantile(levels, progress)
+    require(
+        torch.isfinite(q).all() and ((q > 0) & (q <= 1)).all(), "quantile(u) must lie in (0, 1] on [0, 1]"
+    )
+    require(bool((q[1:] >= q[:-1]).all()), "quantile(u) must be monotone non-decreasing in u")
+    if sampler.is_uniform():
+        eps = float(q[0])
+        line = eps + (1.0 - eps) * levels
+        require(
+            torch.allclose(q.double(), line, rtol=0.0, atol=1e-12),
+            "is_uniform() sampler must have the quantile eps + (1 − eps)u",
+        )

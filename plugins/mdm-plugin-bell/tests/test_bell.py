@@ -11,6 +11,7 @@ from mdm_plugin_bell.sampler import BellTimeSampler
 from pydantic import ValidationError
 from scipy import integrate, stats
 
+from mdm_core.interfaces import stratified_uniforms
 from mdm_core.plugins import get_registry
 from mdm_core.testing import check_time_sampler
 
@@ -80,9 +81,73 @@ def test_draws_are_stratified_one_per_stratum_of_the_cdf(params: dict[str, Any],
         assert np.allclose(np.sort(cdf(t)), u, atol=1e-5)
 
 
-def test_strata_are_not_tied_to_batch_positions() -> None:
-    t = draw(make(), n=64)
-    assert not np.all(np.diff(t) > 0)
+def test_draws_are_the_quantiles_of_one_uniform_per_stratum() -> None:
+    sampler = make(family="beta", a=2.0, b=5.0, rho=0.3)
+    u = stratified_uniforms((64,), torch.Generator().manual_seed(4))
+    t = sampler.sample((64,), torch.Generator().manual_seed(4))
+    assert torch.equal(t, sampler.quantile(u).float())
+    # draw i lies in stratum i of the law's CDF (batch order is the loader's business)
+    cdf = sampler.law().cdf(t.double().numpy())
+    assert np.all(np.abs(cdf * 64 - np.arange(64) - 0.5) <= 0.5 + 1e-4)
+
+
+def ppf_truncated(dist: Any, u: np.ndarray, lo: float = EPS, hi: float = 1.0) -> np.ndarray:
+    """Inverse CDF of a frozen scipy distribution conditioned on [lo, hi] (independent of the plug-in)."""
+    c_lo, c_hi = dist.cdf(lo), dist.cdf(hi)
+    return np.asarray(dist.ppf(c_lo + u * (c_hi - c_lo)))
+
+
+QUANTILE_CASES: list[tuple[dict[str, Any], Any]] = [
+    ({"family": "beta", "a": 2.0, "b": 2.0}, lambda u: ppf_truncated(stats.beta(2.0, 2.0), u)),
+    ({"family": "beta", "a": 0.7, "b": 3.0}, lambda u: ppf_truncated(stats.beta(0.7, 3.0), u)),
+    (
+        {"family": "logit_normal", "mu": 0.5, "s": 1.5},
+        lambda u: 1 / (1 + np.exp(-ppf_truncated(stats.norm(0.5, 1.5), u, np.log(EPS / (1 - EPS)), np.inf))),
+    ),
+    (
+        {"family": "truncated_normal", "mu": 0.1, "sigma": 0.3},
+        lambda u: ppf_truncated(stats.norm(0.1, 0.3), u),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("params", "ppf"), QUANTILE_CASES, ids=lambda v: str(v) if isinstance(v, dict) else ""
+)
+def test_quantile_is_the_exact_inverse_cdf_of_every_family(params: dict[str, Any], ppf: Any) -> None:
+    sampler = make(**params)
+    u = np.linspace(0.0, 1.0, 201)
+    q = sampler.quantile(torch.from_numpy(u)).numpy()
+    assert np.allclose(q, np.clip(ppf(u), EPS, 1.0), rtol=1e-9, atol=1e-12)
+    assert q[0] == pytest.approx(EPS, abs=1e-12) and q[-1] == 1.0
+    assert np.all(np.diff(q) >= 0)
+
+
+@pytest.mark.parametrize("rho", [0.1, 0.5, 0.9])
+def test_mixture_quantile_inverts_the_mixture_cdf_to_machine_precision(rho: float) -> None:
+    sampler = make(family="beta", a=3.0, b=1.5, rho=rho)
+    law = sampler.law()
+    u = np.concatenate([np.linspace(0.0, 1.0, 101), np.random.default_rng(0).random(300)])
+    q = sampler.quantile(torch.from_numpy(u)).numpy()
+    assert np.allclose(law.cdf(q), u, rtol=0.0, atol=1e-14)
+    # the smallest t with F(t) ≥ u: one float below, the CDF is already under u (where F rises)
+    below = np.nextafter(q, 0.0)
+    rising = (q > EPS) & (law.pdf(q) > 0)
+    assert np.all(law.cdf(below)[rising] <= u[rising] + 1e-15)
+    order = np.argsort(u)
+    assert np.all(np.diff(q[order]) >= 0)
+
+
+def test_quantile_follows_the_anneal_to_the_uniform_law() -> None:
+    sampler = make(family="logit_normal", rho=0.2, anneal=0.5)
+    u = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
+    at_end = sampler.quantile(u, progress=1.0)
+    assert torch.allclose(at_end, EPS + (1 - EPS) * u, atol=1e-12)
+    assert not torch.allclose(sampler.quantile(u, progress=0.2), at_end, atol=1e-3)
+    halfway = sampler.law(0.75)
+    assert halfway.rho == pytest.approx(0.6)
+    assert np.allclose(halfway.cdf(sampler.quantile(u, 0.75).numpy()), u.numpy(), atol=1e-14)
+    assert not sampler.is_uniform() and make(rho=1.0).is_uniform()
 
 
 @pytest.mark.parametrize(

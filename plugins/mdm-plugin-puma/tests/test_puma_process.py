@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mdm_plugin_puma import confidence as conf_module
-from mdm_plugin_puma.confidence import margin, max_log_prob
-from mdm_plugin_puma.process import PumaProcess
+from mdm_plugin_bell.sampler import BellTimeSampler
+from mdm_plugin_puma.process import PumaProcess, normalised_quantile
 from pydantic import ValidationError
 from torch import Tensor, nn
 
@@ -19,9 +20,20 @@ from mdm_core.builtin.absorbing import AbsorbingProcess
 from mdm_core.builtin.losses import MDLMLoss
 from mdm_core.builtin.time_samplers import UniformTimeSampler
 from mdm_core.checkpoint import load_checkpoint, save_checkpoint
-from mdm_core.errors import MdmError
-from mdm_core.interfaces import AttentionLayout, Backbone, Batch, KVCache, TrainingExample, Vocab
+from mdm_core.composition import check_composition
+from mdm_core.errors import MdmError, SpecError
+from mdm_core.interfaces import (
+    AttentionLayout,
+    Backbone,
+    Batch,
+    KVCache,
+    RunShape,
+    TimeSampler,
+    TrainingExample,
+    Vocab,
+)
 from mdm_core.plugins import get_registry
+from mdm_core.spec import Component
 from mdm_core.testing import check_forward_process
 
 torch.set_num_threads(1)
@@ -31,8 +43,16 @@ UNIFORM = UniformTimeSampler()
 LAW_SETTINGS = settings(max_examples=12, deadline=None, database=None, derandomize=True)
 
 
-def puma(**kwargs: object) -> PumaProcess:
-    return PumaProcess(PumaProcess.Params(**kwargs))
+def shape_of(size: int, length: int, seed: int = 0, grad_accum: int = 1) -> RunShape:
+    return RunShape(
+        vocab=VOCAB, seq_len=length, batch_size=size, grad_accum=grad_accum, max_steps=1000, seed=seed
+    )
+
+
+def puma(stream: Stream | None = None, seed: int = 0, **kwargs: object) -> PumaProcess:
+    """A PUMA process for ``stream``'s batches (pool seed ``shape.rank_seed`` = 1000·seed)."""
+    size, length = (stream.size, stream.length) if stream is not None else (4, 10)
+    return PumaProcess(PumaProcess.Params(**kwargs), shape_of(size, length, seed))
 
 
 class Stream:
@@ -49,11 +69,6 @@ class Stream:
         ids[torch.arange(self.length)[None, :] >= (self.length - pads)[:, None]] = VOCAB.pad_id
         prompt_len = torch.randint(0, self.prompt + 1, (self.size,), generator=self.g)
         return Batch.from_ids(ids, VOCAB, prompt_len)
-
-
-def set_up(process: PumaProcess, stream: Stream, seed: int = 0) -> PumaProcess:
-    process.setup(VOCAB, stream.length, stream.size, max_steps=1000, seed=seed)
-    return process
 
 
 def random_logits(example: TrainingExample, g: torch.Generator) -> Tensor:
@@ -75,12 +90,26 @@ def visible_count(process: PumaProcess) -> Tensor:
 
 def test_registered_and_evaluated_with_the_uniform_nelbo() -> None:
     assert get_registry().load("forward_process", "puma") is PumaProcess
-    process = PumaProcess()
-    assert process.stateful
+    process = puma()
+    assert process.stateful and process.wants_feedback and process.uses_time_sampler
     likelihood = process.likelihood_process()
     assert isinstance(likelihood, AbsorbingProcess) and likelihood.params.schedule == "loglinear"
-    t = torch.tensor([0.25, 0.5])
+    t = torch.tensor([0.25, 0.5], dtype=torch.float64)
     assert torch.equal(process.alpha(t), likelihood.alpha(t))
+    record = process.inference()
+    assert record.structure == "full" and torch.equal(record.alpha(t), likelihood.alpha(t))
+    assert torch.allclose(record.time_of_alpha(record.alpha(t)), t)
+
+
+def test_example_t_is_the_schedule_time_of_the_masked_fraction() -> None:
+    stream = Stream(6, 12, 0)
+    process = puma(stream, stages=4)
+    example = process.prepare(stream.next(), UNIFORM, torch.Generator())
+    fraction = example.loss_mask.sum(dim=1).double() / response(process).sum(dim=1).clamp(min=1).double()
+    masked_at_t = 1.0 - process.inference().alpha(example.t.double())
+    # α_1 = ε: a fully masked response is reached at t = 1 (its expected masked fraction 1 − ε)
+    assert torch.allclose(masked_at_t, fraction.clamp(max=1 - 1e-3), atol=1e-6)
+    assert bool((example.t <= 1).all())
 
 
 @pytest.mark.parametrize(
@@ -88,7 +117,7 @@ def test_registered_and_evaluated_with_the_uniform_nelbo() -> None:
     [{}, {"stages": 3, "mode": "collapse", "tau": 0.5, "confidence": "margin"}, {"stages": 1}],
 )
 def test_conformance_kit(params: dict[str, object]) -> None:
-    check_forward_process(lambda: puma(**params), max_examples=15)
+    check_forward_process(lambda shape: PumaProcess(PumaProcess.Params(**params), shape), max_examples=15)
 
 
 def test_params_are_validated() -> None:
@@ -102,11 +131,31 @@ def test_params_are_validated() -> None:
         PumaProcess.Params(stage=4)  # type: ignore[call-arg]
 
 
+def test_gradient_accumulation_is_refused_naming_the_setting() -> None:
+    with pytest.raises(SpecError, match=r"trainer\.grad_accum: 1 \(got 4\)"):
+        PumaProcess(None, shape_of(8, 10, grad_accum=4))
+    assert PumaProcess(None, shape_of(8, 10, grad_accum=1)).size == 8
+
+
+def test_pool_is_sized_and_seeded_by_the_run_shape() -> None:
+    def first_stages(seed: int) -> list[int]:
+        process = PumaProcess(None, shape_of(8, 10, seed=seed))
+        process.prepare(Stream(8, 10, 0).next(), UNIFORM, torch.Generator())
+        return process.stage.tolist()
+
+    assert PumaProcess(None, shape_of(5, 7)).x0.shape == (5, 7)
+    assert first_stages(1) == first_stages(1) != first_stages(2)
+
+
+def test_composes_with_any_time_sampler() -> None:
+    process = Component("forward_process", "puma", PumaProcess, PumaProcess.Params(), "forward_process")
+    bell = Component("time_sampler", "bell", BellTimeSampler, BellTimeSampler.Params(), "time_sampler")
+    check_composition({"forward_process": process, "time_sampler": bell}, "spec.yaml")
+
+
 def test_clear_errors_on_misuse() -> None:
     stream = Stream(4, 10, 0)
-    with pytest.raises(MdmError, match="setup"):
-        PumaProcess().prepare(stream.next(), UNIFORM, torch.Generator())
-    process = set_up(PumaProcess(), stream)
+    process = puma(stream)
     with pytest.raises(MdmError, match="feedback"):
         process.feedback(process._example(), torch.zeros(4, 10, VOCAB.size))
     with pytest.raises(MdmError, match="full batch"):
@@ -128,7 +177,7 @@ def test_clear_errors_on_misuse() -> None:
 )
 def test_standard_mode_pool_laws(stages: int, size: int, length: int, seed: int, kind: str) -> None:
     stream = Stream(size, length, seed)
-    process = set_up(puma(stages=stages, confidence=kind), stream, seed)
+    process = puma(stream, seed, stages=stages, confidence=kind)
     g = torch.Generator().manual_seed(seed)
     times_seen = [0] * size
     joined_at_start = [True] * size
@@ -173,10 +222,10 @@ def test_standard_mode_pool_laws(stages: int, size: int, length: int, seed: int,
 
 
 def reference_confidence(logits: Tensor, kind: str) -> Tensor:
-    regular = logits[..., : VOCAB.num_regular].double()
+    log_p = torch.log_softmax(logits[..., : VOCAB.num_regular].double(), dim=-1)
     if kind == "max_prob":
-        return torch.log_softmax(regular, dim=-1).amax(dim=-1)
-    top = regular.topk(2, dim=-1).values
+        return log_p.amax(dim=-1)
+    top = log_p.exp().topk(2, dim=-1).values
     return top[..., 0] - top[..., 1]
 
 
@@ -192,7 +241,7 @@ def test_reveals_the_most_confident_masked_positions(
     stages: int, size: int, length: int, seed: int, kind: str
 ) -> None:
     stream = Stream(size, length, seed)
-    process = set_up(puma(stages=stages, confidence=kind), stream, seed)
+    process = puma(stream, seed, stages=stages, confidence=kind)
     g = torch.Generator().manual_seed(seed + 1)
     for _ in range(stages):
         example = process.prepare(stream.next(), UNIFORM, g)
@@ -220,8 +269,8 @@ def test_reveal_choice_ignores_the_gold_tokens(seed: int, mode: str) -> None:
     size, length = 6, 12
     stream = Stream(size, length, seed)
     g = torch.Generator().manual_seed(seed)
-    first = set_up(puma(stages=4, mode=mode, tau=0.3), stream, seed)
-    second = set_up(puma(stages=4, mode=mode, tau=0.3), stream, seed)
+    first = puma(stream, seed, stages=4, mode=mode, tau=0.3)
+    second = puma(stream, seed, stages=4, mode=mode, tau=0.3)
     for _ in range(6):
         batch = stream.next()
         other_ids = torch.where(
@@ -244,7 +293,7 @@ def test_reveal_choice_ignores_the_gold_tokens(seed: int, mode: str) -> None:
 def test_collapse_reveals_every_sure_position_and_rebuckets() -> None:
     size, length, stages = 8, 20, 4
     stream = Stream(size, length, 3, prompt=0, pad=0)
-    process = set_up(puma(stages=stages, mode="collapse", tau=0.9), stream)
+    process = puma(stream, 0, stages=stages, mode="collapse", tau=0.9)
     example = process.prepare(stream.next(), UNIFORM, torch.Generator())
     masked = example.input_ids == VOCAB.mask_id
     # Sure (p ≈ 1) of some token at every masked position of even slots, unsure elsewhere.
@@ -267,7 +316,7 @@ def test_collapse_reveals_every_sure_position_and_rebuckets() -> None:
 
 def test_k_schedule_rebuilds_the_pool() -> None:
     stream = Stream(8, 10, 0)
-    process = set_up(puma(stages=2, k_schedule=[(4, 3)]), stream)
+    process = puma(stream, 0, stages=2, k_schedule=[(4, 3)])
     g = torch.Generator().manual_seed(0)
     seen = []
     for _ in range(5):
@@ -284,22 +333,122 @@ def test_k_schedule_rebuilds_the_pool() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Confidence without a full fp32 log-softmax
+# The confidence is the sampler's, and PUMA with the uniform law is v1 PUMA bit for bit
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_confidence_matches_log_softmax(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(conf_module, "CHUNK_ELEMENTS", 37)  # many small chunks
-    rows = (5.0 * torch.randn((53, VOCAB.size), generator=torch.Generator().manual_seed(0))).to(dtype)
-    rows[:, VOCAB.mask_id] = 100.0  # MASK and PAD logits must be ignored
-    rows[:, VOCAB.pad_id] = 90.0
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    expected = reference_confidence(rows.float(), "max_prob").float()
-    assert torch.allclose(max_log_prob(rows, VOCAB.num_regular), expected, atol=tol)
-    expected_margin = reference_confidence(rows.float(), "margin").float()
-    assert torch.allclose(margin(rows, VOCAB.num_regular), expected_margin, atol=tol)
-    assert max_log_prob(rows[:0], VOCAB.num_regular).shape == (0,)
+#: sha256 of v1 PUMA's pool trajectory (mdm 0.1, git e6f51c7, recorded with its ``setup`` API):
+#: every step's example ids/targets/loss mask/weights and stage/target/refill, then the final pool.
+V1_DIGESTS = {
+    "standard": "1e731471c71fb7b882385261a8765b7f7aaf5b68df6d038456862a661ed7991d",
+    "collapse": "a32e7869d6e3a7eec3328d36621d6e0e269b9fb43c66b6755000628c4665602a",
+    "k_schedule": "52b30f39f7266412a50ab6cbdcb9353f593c832bcd4d6fccad0bf632e721bd20",
+}
+V1_CONFIGS: dict[str, dict[str, object]] = {
+    "standard": {"stages": 4},
+    "collapse": {"stages": 3, "mode": "collapse", "tau": 0.5},
+    "k_schedule": {"stages": 2, "k_schedule": [(3, 4)]},
+}
+
+
+def golden_batches(size: int, length: int, seed: int) -> Iterator[Batch]:
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        ids = torch.randint(0, VOCAB.num_regular, (size, length), generator=g)
+        pads = torch.randint(0, 3, (size,), generator=g)
+        ids[torch.arange(length)[None, :] >= (length - pads)[:, None]] = VOCAB.pad_id
+        prompt_len = torch.randint(0, 4, (size,), generator=g)
+        yield Batch.from_ids(ids, VOCAB, prompt_len)
+
+
+def trajectory_digest(process: PumaProcess, law: TimeSampler, size: int = 6, length: int = 12) -> str:
+    stream = golden_batches(size, length, 7)
+    logits_g = torch.Generator().manual_seed(8)
+    h = hashlib.sha256()
+    for _ in range(10):
+        ex = process.prepare(next(stream), law, torch.Generator().manual_seed(0))
+        pool = (process.stage, process.target, process.refill)
+        for x in (ex.input_ids, ex.targets, ex.loss_mask, ex.weights.float(), *pool):
+            h.update(x.contiguous().numpy().tobytes())
+        process.feedback(ex, 3.0 * torch.randn((size, length, VOCAB.size), generator=logits_g))
+    for x in (process.z, process.stage, process.target, process.refill, process.x0):
+        h.update(x.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("config", sorted(V1_CONFIGS))
+def test_uniform_law_reproduces_v1_puma_exactly(config: str) -> None:
+    process = PumaProcess(PumaProcess.Params(**V1_CONFIGS[config]), shape_of(6, 12, seed=3))
+    assert trajectory_digest(process, UNIFORM) == V1_DIGESTS[config]
+
+
+def bell(**kwargs: object) -> BellTimeSampler:
+    return BellTimeSampler(BellTimeSampler.Params(**kwargs))
+
+
+@pytest.mark.parametrize(
+    "law",
+    [
+        bell(family="logit_normal"),
+        bell(family="beta", a=3.0, b=2.0, rho=0.3),
+        bell(family="truncated_normal"),
+    ],
+    ids=["logit_normal", "beta_mix", "truncated_normal"],
+)
+def test_stage_boundaries_are_the_laws_quantiles(law: BellTimeSampler) -> None:
+    k = 5
+    process = PumaProcess(PumaProcess.Params(stages=k), shape_of(4, 10))
+    stages = torch.arange(k)
+    start = process.visible_fraction(stages, torch.zeros(k, dtype=torch.float64), law)
+    end = process.visible_fraction(stages, torch.ones(k, dtype=torch.float64), law)
+    levels = torch.linspace(0.0, 1.0, k + 1, dtype=torch.float64)
+    q = law.quantile(levels).double()
+    masked = (q - q[0]) / (q[-1] - q[0])  # the law normalised to its support
+    # stage j starts at visible fraction 1 − q̃(1 − j/K) and ends where stage j + 1 starts
+    assert torch.allclose(start, 1.0 - masked.flip(0)[:-1], atol=1e-12)
+    assert torch.allclose(end, 1.0 - masked.flip(0)[1:], atol=1e-12)
+    assert start[0] == 0.0 and end[-1] == 1.0
+    # within a stage ρ follows the law: monotone in u, between the stage's ends
+    u = torch.linspace(0.0, 1.0, 33, dtype=torch.float64)
+    inside = process.visible_fraction(torch.full((33,), 2), u, law)
+    assert bool((inside[1:] >= inside[:-1]).all()) and inside[0] == start[2] and inside[-1] == end[2]
+
+
+def test_a_bell_spends_equal_steps_on_finer_middle_stages() -> None:
+    k = 8
+    process = PumaProcess(PumaProcess.Params(stages=k), shape_of(4, 10))
+    stages = torch.arange(k)
+    law = bell(family="logit_normal")
+    ends = process.visible_fraction(stages, torch.ones(k, dtype=torch.float64), law)
+    starts = process.visible_fraction(stages, torch.zeros(k, dtype=torch.float64), law)
+    width = ends - starts
+    assert float(width.sum()) == pytest.approx(1.0)
+    assert bool((width[k // 2 - 1 : k // 2 + 1] < 1.0 / k).all()), "middle stages are narrower than 1/K"
+    assert bool((width[[0, -1]] > 1.0 / k).all()), "outer stages are wider than 1/K"
+    # and the uniform law is the identity: stage j covers [j/K, (j+1)/K) exactly
+    assert torch.equal(
+        process.visible_fraction(stages, torch.zeros(k, dtype=torch.float64), UNIFORM), stages / k
+    )
+
+
+def test_bell_law_moves_the_pool_and_importance_weights_reach_the_loss() -> None:
+    law = bell(family="logit_normal", s=0.5, rho=0.2, weighting="importance")
+    stream = Stream(64, 40, 0, prompt=0, pad=0)
+    plain, with_bell = puma(stream, stages=4), puma(stream, stages=4)
+    batch = stream.next()
+    a = plain.prepare(batch, UNIFORM, torch.Generator())
+    b = with_bell.prepare(batch, law, torch.Generator())
+    fraction = b.loss_mask.sum(dim=1).double() / 40
+    # a narrow bell keeps every stage nearer the middle than the uniform law's stages
+    spread = lambda ex: float((ex.loss_mask.sum(dim=1).double() / 40 - 0.5).abs().mean())  # noqa: E731
+    assert spread(b) < spread(a)
+    t_law = law.quantile(torch.tensor([0.0], dtype=torch.float64)).item() + fraction * (1 - law.params.eps)
+    expected = law.loss_weight(t_law).float() / b.loss_mask.sum(dim=1).clamp(min=1).float()
+    assert torch.allclose(b.weights[:, 0], expected, rtol=1e-6)
+    assert torch.allclose(
+        normalised_quantile(UNIFORM, torch.tensor([0.0, 0.5, 1.0]), 0.0).float(),
+        torch.tensor([0.0, 0.5, 1.0]),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,7 +462,7 @@ class CountingModel(Backbone):
     name = "counting"
 
     def __init__(self, vocab: Vocab, max_len: int) -> None:
-        super().__init__(None, vocab, max_len)
+        super().__init__(None, RunShape(vocab=vocab, seq_len=max_len))
         self.embed = nn.Embedding(vocab.size, 16)
         self.position = nn.Embedding(max_len, 16)
         self.head = nn.Linear(16, vocab.size)
@@ -358,7 +507,7 @@ def train(process: PumaProcess, model: CountingModel, stream: Stream, steps: int
 
 def test_one_forward_pass_per_step() -> None:
     stream = Stream(6, 12, 0)
-    process = set_up(puma(stages=3, mode="collapse"), stream)
+    process = puma(stream, 0, stages=3, mode="collapse")
     model = CountingModel(VOCAB, 12)
     train(process, model, stream, steps=10)
     assert model.calls == 10
@@ -373,7 +522,7 @@ def test_checkpoint_round_trip_resumes_exactly(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = CountingModel(VOCAB, 12)
     stream = Stream(6, 12, 1)
-    process = set_up(puma(stages=3, k_schedule=[(2, 6)]), stream, seed=5)
+    process = puma(stream, 5, stages=3, k_schedule=[(2, 6)])
     train(process, model, stream, steps=4)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     save_checkpoint(tmp_path, 4, {"model": weights}, {"forward_process": process.state_dict()}, keep=1)
@@ -384,10 +533,10 @@ def test_checkpoint_round_trip_resumes_exactly(tmp_path: Path) -> None:
     _, saved, groups = load_checkpoint(tmp_path / "step-00000004")
     resumed_model = CountingModel(VOCAB, 12)
     resumed_model.load_state_dict(saved["model"])
-    resumed = set_up(puma(stages=3, k_schedule=[(2, 6)]), Stream(6, 12, 1), seed=123)
+    resumed = puma(Stream(6, 12, 1), 123, stages=3, k_schedule=[(2, 6)])
     resumed.load_state_dict(groups["forward_process"])
     stream.g.set_state(stream_state)
     again = train(resumed, resumed_model, stream, steps=5)
     assert same_examples(continued, again)
     with pytest.raises(MdmError, match="resume"):
-        set_up(PumaProcess(), Stream(5, 12, 0)).load_state_dict(groups["forward_process"])
+        puma(Stream(5, 12, 0)).load_state_dict(groups["forward_process"])

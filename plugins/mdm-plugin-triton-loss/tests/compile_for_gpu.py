@@ -16,11 +16,27 @@ SCALARS = {name: "i32" for name in ("seq_len", "stride_b", "stride_l", "vocab_si
 
 def main() -> None:
     # bf16 logits exercise the dtype conversions that fp32 skips.
-    forward = {"logits_ptr": "*bf16", "rows_ptr": "*i64", "targets_ptr": "*i64", "weights_ptr": "*fp32",
-               "lse_ptr": "*fp32", "wnll_ptr": "*fp32", **SCALARS, "BLOCK_V": "constexpr"}
-    backward = {"logits_ptr": "*bf16", "grad_ptr": "*bf16", "loss_mask_ptr": "*u8", "targets_ptr": "*i64",
-                "weights_ptr": "*fp32", "lse_ptr": "*fp32", "grad_out_ptr": "*fp32", **SCALARS,
-                "BLOCK_V": "constexpr"}
+    forward = {
+        "logits_ptr": "*bf16",
+        "rows_ptr": "*i64",
+        "targets_ptr": "*i64",
+        "weights_ptr": "*fp32",
+        "lse_ptr": "*fp32",
+        "wnll_ptr": "*fp32",
+        **SCALARS,
+        "BLOCK_V": "constexpr",
+    }
+    backward = {
+        "logits_ptr": "*bf16",
+        "grad_ptr": "*bf16",
+        "loss_mask_ptr": "*u8",
+        "targets_ptr": "*i64",
+        "weights_ptr": "*fp32",
+        "lse_ptr": "*fp32",
+        "grad_out_ptr": "*fp32",
+        **SCALARS,
+        "BLOCK_V": "constexpr",
+    }
     block = kernels.MAX_BLOCK_V
     for fn, signature in ((kernels._subs_nll_forward, forward), (kernels._subs_nll_backward, backward)):
         source = ASTSource(fn=fn, signature=signature, constexprs={"BLOCK_V": block})

@@ -23,7 +23,9 @@ GRAD_TOLERANCE = {torch.float32: (1e-5, 1e-6), torch.bfloat16: (1.6e-2, 1e-5)}
 
 def _run(
     loss: Callable[[torch.Tensor, TrainingExample, Vocab], LossOutput],
-    logits: torch.Tensor, example: TrainingExample, vocab: Vocab,
+    logits: torch.Tensor,
+    example: TrainingExample,
+    vocab: Vocab,
 ) -> tuple[LossOutput, torch.Tensor]:
     leaf = logits.detach().clone().requires_grad_()
     out = loss(leaf, example, vocab)
@@ -66,8 +68,12 @@ def problems(draw: st.DrawFn) -> tuple[torch.Tensor, TrainingExample, Vocab, int
         weights = torch.rand(batch, length, generator=gen) * 4.0  # per token (blockwise t)
     normaliser = torch.tensor(float(draw(st.integers(1, batch * length))))
     example = TrainingExample(
-        input_ids=targets, targets=targets, loss_mask=loss_mask, weights=weights,
-        normaliser=normaliser, t=torch.rand(batch, generator=gen),
+        input_ids=targets,
+        targets=targets,
+        loss_mask=loss_mask,
+        weights=weights,
+        normaliser=normaliser,
+        t=torch.rand(batch, generator=gen),
     )
     return logits, example, vocab, block
 
@@ -79,8 +85,12 @@ def test_values_and_gradients_equal_the_reference(
 ) -> None:
     logits, example, vocab, block = problem
     logits = logits.to(device)
-    example = TrainingExample(**{k: getattr(example, k).to(device) for k in
-                                 ("input_ids", "targets", "loss_mask", "weights", "normaliser", "t")})
+    example = TrainingExample(
+        **{
+            k: getattr(example, k).to(device)
+            for k in ("input_ids", "targets", "loss_mask", "weights", "normaliser", "t")
+        }
+    )
     fused = FusedMDLMLoss(FusedMDLMLoss.Params(backend="triton", block_v=None if default_block else block))
     got, got_grad = _run(fused, logits, example, vocab)
     want, want_grad = _run(mdlm_reference, logits, example, vocab)
@@ -99,8 +109,12 @@ def test_gradient_is_exactly_zero_off_the_loss_mask_and_on_banned_columns(device
     loss_mask = torch.tensor([[1, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 1]], dtype=torch.bool, device=device)
     targets = torch.randint(0, 68, (2, 6), generator=gen).to(device)
     example = TrainingExample(
-        input_ids=targets, targets=targets, loss_mask=loss_mask, weights=torch.ones(2, 6, device=device),
-        normaliser=torch.tensor(12.0, device=device), t=torch.ones(2, device=device),
+        input_ids=targets,
+        targets=targets,
+        loss_mask=loss_mask,
+        weights=torch.ones(2, 6, device=device),
+        normaliser=torch.tensor(12.0, device=device),
+        t=torch.ones(2, device=device),
     )
     _, grad = _run(FusedMDLMLoss(FusedMDLMLoss.Params(backend="triton", block_v=32)), logits, example, vocab)
     assert torch.count_nonzero(grad[~loss_mask]) == 0
@@ -115,8 +129,11 @@ def test_nothing_masked_gives_zero_loss_and_zero_gradient(dtype: torch.dtype, de
     logits = torch.randn(3, 4, 40, device=device).to(dtype)
     targets = torch.zeros(3, 4, dtype=torch.long, device=device)
     example = TrainingExample(
-        input_ids=targets, targets=targets, loss_mask=torch.zeros(3, 4, dtype=torch.bool, device=device),
-        weights=torch.ones(3, 4, device=device), normaliser=torch.tensor(12.0, device=device),
+        input_ids=targets,
+        targets=targets,
+        loss_mask=torch.zeros(3, 4, dtype=torch.bool, device=device),
+        weights=torch.ones(3, 4, device=device),
+        normaliser=torch.tensor(12.0, device=device),
         t=torch.ones(3, device=device),
     )
     out, grad = _run(FusedMDLMLoss(FusedMDLMLoss.Params(backend="triton")), logits, example, vocab)
@@ -125,8 +142,12 @@ def test_nothing_masked_gives_zero_loss_and_zero_gradient(dtype: torch.dtype, de
 
 
 def test_kernels_compile_for_an_h100_without_one(tmp_path: Path) -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path),
-           "TRITON_DEFAULT_FP_FUSION": "1"}
+    env = {
+        **os.environ,
+        "TRITON_INTERPRET": "0",
+        "TRITON_CACHE_DIR": str(tmp_path),
+        "TRITON_DEFAULT_FP_FUSION": "1",
+    }
     script = Path(__file__).with_name("compile_for_gpu.py")
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -27,8 +27,11 @@ def _example(device: torch.device | str = "cpu") -> tuple[torch.Tensor, Training
     logits = torch.randn(2, 5, VOCAB.size, generator=gen).to(device)
     targets = torch.randint(0, VOCAB.num_regular, (2, 5), generator=gen).to(device)
     example = TrainingExample(
-        input_ids=targets, targets=targets, loss_mask=(torch.rand(2, 5, generator=gen) < 0.6).to(device),
-        weights=torch.full((2, 5), 2.0, device=device), normaliser=torch.tensor(10.0, device=device),
+        input_ids=targets,
+        targets=targets,
+        loss_mask=(torch.rand(2, 5, generator=gen) < 0.6).to(device),
+        weights=torch.full((2, 5), 2.0, device=device),
+        normaliser=torch.tensor(10.0, device=device),
         t=torch.full((2,), 0.5, device=device),
     )
     return logits, example
@@ -48,7 +51,8 @@ def test_registered_under_its_name_with_status() -> None:
     status: dict[str, str] = {}
     for lines in registry.pm.hook.mdm_status():
         status.update(lines or {})
-    assert status["mdlm_triton"] == backend.active_path() == FusedMDLMLoss().describe()
+    assert status["mdlm_triton"] == backend.active_path() == backend.path_for(FusedMDLMLoss().params.backend)
+    assert not hasattr(FusedMDLMLoss(), "describe"), "Loss.describe left the contract (issue #8 §5)"
 
 
 def test_registration_module_is_import_light() -> None:
@@ -65,7 +69,9 @@ def test_active_path_follows_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("TRITON_INTERPRET")
     expected = backend.TRITON_GPU if torch.cuda.is_available() else backend.TORCH_FALLBACK
     assert backend.active_path() == expected
-    assert FusedMDLMLoss(FusedMDLMLoss.Params(backend="torch")).describe() == backend.TORCH_FORCED
+    assert backend.path_for(FusedMDLMLoss(FusedMDLMLoss.Params(backend="torch")).params.backend) == (
+        backend.TORCH_FORCED
+    )
 
 
 def test_fallback_uses_the_reference_and_says_so_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,6 @@ NLL evaluator always uses the uniform-t NELBO.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import numpy as np
@@ -18,7 +17,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from mdm_core.interfaces import Params as BaseParams
-from mdm_core.interfaces import TimeSampler
+from mdm_core.interfaces import RunShape, TimeSampler
 from mdm_plugin_bell.laws import Beta, Law, LogitNormal, Normal, Truncated, UniformMixture
 
 #: Below this probability of [eps, 1] under the untruncated family, the truncation is numerically
@@ -87,18 +86,19 @@ def _family_law(p: BellParams) -> Law:
 class BellTimeSampler(TimeSampler):
     """Bell-shaped t on [eps, 1] (beta, logit-normal, truncated normal), mixable with uniform.
 
-    Draws are stratified: ``u_i = (U_i + i)/n`` with independent ``U_i``, randomly permuted so that
-    a stratum is not tied to a batch position, then ``t = F⁻¹(u)`` through the exact inverse CDF of
-    the current mixture ``(1 − ρ)·bell + ρ·U[eps, 1]``. ``progress`` ∈ [0, 1] moves ρ linearly to 1
-    over the final ``anneal`` fraction of training.
+    :meth:`quantile` is the exact inverse CDF of the current mixture ``(1 − ρ)·bell + ρ·U[eps,
+    1]``; draws are the base class's: ``u_i = (U_i + i)/n`` with independent ``U_i`` (one per
+    stratum, draw i in stratum i: the data loader already shuffles sequences), then ``t = F⁻¹(u)``.
+    ``progress`` ∈ [0, 1] moves ρ linearly to 1 over the final ``anneal`` fraction of training.
+    Processes that read the law itself (PUMA's stages) use the same :meth:`quantile`.
     """
 
     name = "bell"
     Params = BellParams
     params: BellParams
 
-    def __init__(self, params: BaseParams | None = None) -> None:
-        super().__init__(params)
+    def __init__(self, params: BaseParams | None = None, shape: RunShape | None = None) -> None:
+        super().__init__(params, shape)
         p = self.params
         self._bell = Truncated(_family_law(p), p.eps, 1.0)
 
@@ -116,15 +116,15 @@ class BellTimeSampler(TimeSampler):
         """The sampling law at ``progress`` (float64, numpy)."""
         return UniformMixture(self._bell, self.rho_at(progress), self.params.eps, 1.0)
 
-    def sample(self, shape: tuple[int, ...], generator: torch.Generator, progress: float = 0.0) -> Tensor:
-        law = self.law(progress)
-        n = math.prod(shape)
-        device = generator.device
-        offsets = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
-        order = torch.randperm(n, generator=generator, device=device)
-        u = ((offsets + torch.arange(n, device=device, dtype=torch.float64)) / n)[order]
-        t = torch.from_numpy(law.icdf(u.cpu().numpy())).to(device=device, dtype=torch.float32)
-        return t.clamp(self.params.eps, 1.0).reshape(shape)
+    def quantile(self, u: Tensor, progress: float = 0.0) -> Tensor:
+        """F⁻¹(u) of the mixture at ``progress`` in float64, within [eps, 1]; u's dtype and device."""
+        t = self.law(progress).icdf(np.clip(_numpy(u), 0.0, 1.0))
+        t = np.clip(t, self.params.eps, 1.0)
+        return torch.from_numpy(t).to(device=u.device, dtype=u.dtype)
+
+    def is_uniform(self) -> bool:
+        """True only when the mixture is all uniform from the start (ρ = 1)."""
+        return self.params.rho == 1.0
 
     def log_density(self, t: Tensor, progress: float = 0.0) -> Tensor:
         """log p(t) of the current mixture on [eps, 1]; −inf outside it."""

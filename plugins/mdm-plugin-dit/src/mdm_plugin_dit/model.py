@@ -5,7 +5,9 @@ identity, so a deep stack trains stably, and its modulation comes from one condi
 that is either an embedding of t or a learned constant; switching time conditioning off removes
 the dependence on t without changing the architecture. Rotary positions make ``position_ids``
 the only source of position information, which is what block diffusion needs (``z ⊕ x``: both
-halves at positions 0..L-1) and what makes a KV cache of a clean prefix exact.
+halves at positions 0..L-1) and what makes a KV cache of a clean prefix exact. The model holds no
+mask logic: which keys a query sees is the layout's business, asked through
+``mdm_core.layouts`` (a dense mask for SDPA, or a FlexAttention block mask).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from mdm_core.errors import MdmError
-from mdm_core.interfaces import AttentionLayout, Backbone, KVCache, Vocab
+from mdm_core.interfaces import AttentionLayout, Backbone, KVCache, RunShape
 from mdm_core.interfaces import Params as BaseParams
+from mdm_core.layouts import attention_block_mask, attention_mask, block_index
 
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"dim": 64, "layers": 2, "heads": 2, "cond_dim": 32},
@@ -46,6 +49,9 @@ class DiTParams(BaseParams):
     cond_dim: int = Field(default=128, gt=0)
     rope_base: float = Field(default=10000.0, gt=0)
     tie_embeddings: bool = False
+    #: ``sdpa``: a dense boolean mask; ``flex``: FlexAttention with the layout's cached block mask
+    #: (fused under ``trainer.compile``; eager it is a slow reference).
+    attention: Literal["sdpa", "flex"] = "sdpa"
 
     @model_validator(mode="before")
     @classmethod
@@ -77,11 +83,11 @@ def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
 
-def _per_position(mod: Tensor, block_index: Tensor | None) -> Tensor:
+def _per_position(mod: Tensor, blocks: Tensor | None) -> Tensor:
     """Broadcast per-block modulation ``[B, n, C]`` to positions ``[B, L, C]`` (no-op for ``n = 1``)."""
-    if block_index is None:
+    if blocks is None:
         return mod
-    return mod.gather(1, block_index[..., None].expand(-1, -1, mod.shape[-1]))
+    return mod.gather(1, blocks[..., None].expand(-1, -1, mod.shape[-1]))
 
 
 def _rotary_tables(positions: Tensor, head_dim: int, base: float) -> tuple[Tensor, Tensor]:
@@ -101,39 +107,16 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (xf * cos + torch.cat([-second, first], dim=-1) * sin).to(x.dtype)
 
 
-def attention_mask(
-    layout: AttentionLayout | None, queries: int, keys: int, device: torch.device
-) -> Tensor | None:
-    """The layout as a boolean ``[B|1, Lq, Lk]`` mask (True = may attend), or None for "see all".
-
-    With a KV cache the queries are the last ``queries`` of ``keys`` positions. Block-causal and
-    full layouts are cut from the square layout over all keys; a ``mask`` layout may give either
-    the square ``[.., Lk, Lk]`` mask or only the new queries' rows ``[.., Lq, Lk]``.
-    """
-    if layout is None:
-        return None
-    past = keys - queries
-    rows = layout.mask if layout.kind == "mask" else None
-    if rows is not None and rows.shape[-2] != keys:
-        allowed = rows
-        if layout.key_padding is not None:
-            # As in AttentionLayout.dense: a query always sees itself so that no row is empty.
-            key_index = torch.arange(keys, device=rows.device)
-            own = key_index[None, :] == key_index[past:, None]
-            allowed = (allowed & layout.key_padding.to(rows.device)[:, None, :]) | own
-    else:
-        dense = layout.dense(keys, device)
-        if dense is None:
-            return None
-        allowed = dense[..., past:, :]
-    if tuple(allowed.shape[-2:]) != (queries, keys):
+def _flex_attention() -> Any:
+    """FlexAttention's entry point, or a clear error on a PyTorch without it (< 2.5)."""
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+    except ImportError as exc:  # pragma: no cover - torch < 2.5
         raise MdmError(
-            f"attention layout gives a mask of shape {tuple(allowed.shape)} but the input has {queries} "
-            f"queries over {keys} keys ({past} cached); the mask must be [B or 1, {queries}, {keys}]"
-        )
-    if allowed.dtype != torch.bool:
-        raise MdmError(f"attention layout mask must be boolean (True = may attend), got {allowed.dtype}")
-    return allowed.to(device)
+            f"backbone.attention=flex needs FlexAttention (torch ≥ 2.5), this is torch {torch.__version__}; "
+            "use attention: sdpa"
+        ) from exc
+    return flex_attention
 
 
 class TimeEmbedding(nn.Module):
@@ -160,6 +143,7 @@ class DiTBlock(nn.Module):
     def __init__(self, p: DiTParams) -> None:
         super().__init__()
         self.heads = p.heads
+        self.flex: Any = _flex_attention() if p.attention == "flex" else None
         hidden = int(p.dim * p.mlp_ratio)
         self.norm1 = nn.LayerNorm(p.dim, elementwise_affine=False)
         self.qkv = nn.Linear(p.dim, 3 * p.dim, bias=False)
@@ -175,13 +159,14 @@ class DiTBlock(nn.Module):
         self,
         x: Tensor,
         cond: Tensor,
-        block_index: Tensor | None,
+        blocks: Tensor | None,
         rope: tuple[Tensor, Tensor],
-        mask: Tensor | None,
+        mask: Any,
         cache: KVCache | None,
         layer: int,
     ) -> Tensor:
-        mod = _per_position(self.modulation(cond), block_index)
+        """``mask``: the dense ``[B|1, Lq, Lk]`` mask (SDPA) or the ``BlockMask`` (flex); None: see all."""
+        mod = _per_position(self.modulation(cond), blocks)
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
         h = _modulate(self.norm1(x), shift1, scale1)
         x = x + gate1 * self.drop(self._attend(h, rope, mask, cache, layer))
@@ -189,7 +174,7 @@ class DiTBlock(nn.Module):
         return x + gate2 * self.drop(self.mlp(h))
 
     def _attend(
-        self, h: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: KVCache | None, layer: int
+        self, h: Tensor, rope: tuple[Tensor, Tensor], mask: Any, cache: KVCache | None, layer: int
     ) -> Tensor:
         b, length, dim = h.shape
         q, k, v = self.qkv(h).view(b, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
@@ -204,8 +189,16 @@ class DiTBlock(nn.Module):
                 else:
                     cache.keys.append(k)
                     cache.values.append(v)
-        attn_mask = None if mask is None else mask.unsqueeze(-3)  # broadcast over heads
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        if self.flex is not None:
+            if q.device.type == "cpu" and q.requires_grad:
+                raise MdmError(
+                    f"backbone.attention=flex cannot train on CPU: FlexAttention has no CPU backward in "
+                    f"torch {torch.__version__}; use attention: sdpa (flex is forward-only on CPU)"
+                )
+            out = self.flex(q, k, v, block_mask=mask)
+        else:
+            attn_mask = None if mask is None else mask.unsqueeze(-3)  # broadcast over heads
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(b, length, dim))
 
 
@@ -217,19 +210,21 @@ class DiTBlock(nn.Module):
 class DiT(Backbone):
     """Diffusion transformer: adaLN-zero blocks, rotary positions, attention layouts, KV cache.
 
-    ``time_cond`` is ``[B]`` or ``[B, n_blocks]``; with per-block times the positions
-    ``0..P-1`` (P = largest position + 1, per sequence) are split into ``n_blocks`` equal blocks,
-    so ``z ⊕ x`` inputs whose halves share positions give both halves their block's t. Logits
-    come back in the compute dtype (fp32, or bf16 under autocast); the loss upcasts them.
+    ``time_cond`` is ``[B]`` or ``[B, n_blocks]``; per-block times need a layout with a block
+    size, and a position's block is ``position // block_size`` (:func:`block_index`), so the two
+    halves of ``z ⊕ x``, which share positions, share their block's t. Inputs may be longer than
+    ``shape.seq_len`` (rotary positions have no table). Logits come back in the compute dtype
+    (fp32, or bf16 under autocast); the loss upcasts them.
     """
 
     name = "dit"
     Params = DiTParams
     params: DiTParams
 
-    def __init__(self, params: DiTParams | None, vocab: Vocab, max_len: int) -> None:
-        super().__init__(params, vocab, max_len)
+    def __init__(self, params: DiTParams | None, shape: RunShape) -> None:
+        super().__init__(params, shape)
         p = self.params
+        vocab = shape.vocab
         self.uses_time = p.time_conditioning
         self.head_dim = p.dim // p.heads
         self.embed = nn.Embedding(vocab.size, p.dim)
@@ -284,13 +279,16 @@ class DiT(Backbone):
             past = kv_cache.length
         positions = self._positions(position_ids, length, past, device)
         rope = _rotary_tables(positions, self.head_dim, self.params.rope_base)
-        mask = attention_mask(layout, length, past + length, device)
-        cond, block_index = self._conditioning(time_cond, positions)
+        if self.params.attention == "flex":
+            mask = attention_block_mask(layout, length, past + length, device)
+        else:
+            mask = attention_mask(layout, length, past + length, device)
+        cond, blocks = self._conditioning(time_cond, positions, layout)
         cond = F.silu(cond)
         x = self.embed(input_ids)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cond, block_index, rope, mask, kv_cache, layer)
-        shift, scale = _per_position(self.final_modulation(cond), block_index).chunk(2, dim=-1)
+            x = block(x, cond, blocks, rope, mask, kv_cache, layer)
+        shift, scale = _per_position(self.final_modulation(cond), blocks).chunk(2, dim=-1)
         h = _modulate(self.final_norm(x), shift, scale)
         return F.linear(h, self.embed.weight) if self.head is None else self.head(h)
 
@@ -307,7 +305,9 @@ class DiT(Backbone):
         positions = position_ids.to(device=device, dtype=torch.long)
         return positions if positions.dim() == 2 else positions[None]
 
-    def _conditioning(self, time_cond: Tensor | None, positions: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _conditioning(
+        self, time_cond: Tensor | None, positions: Tensor, layout: AttentionLayout | None
+    ) -> tuple[Tensor, Tensor | None]:
         """Conditioning ``[B|1, n|1, cond_dim]`` and, for per-block t, each position's block."""
         if self.time_embed is None:
             assert self.constant_cond is not None
@@ -322,7 +322,5 @@ class DiT(Backbone):
             return self.time_embed(t)[:, None], None
         if t.dim() != 2:
             raise MdmError(f"time_cond must be [B] or [B, n_blocks], got shape {tuple(t.shape)}")
-        blocks = t.shape[1]
-        span = positions.amax(dim=-1, keepdim=True) + 1
-        block_index = torch.div(positions * blocks, span, rounding_mode="floor").clamp(0, blocks - 1)
-        return self.time_embed(t), block_index.expand(t.shape[0], -1)
+        blocks = block_index(layout, positions, t.shape[1])
+        return self.time_embed(t), blocks.expand(t.shape[0], -1)

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from mdm_core.hookspecs import ComponentRef, hookimpl
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 @hookimpl
 def mdm_components() -> list[ComponentRef]:
     return [
-        ComponentRef("loss", "mdlm_triton", "mdm_plugin_triton_loss.loss:FusedMDLMLoss",
-                     "MDLM SUBS NELBO as fused Triton kernels (PyTorch fallback without a GPU)"),
+        ComponentRef(
+            "loss",
+            "mdlm_triton",
+            "mdm_plugin_triton_loss.loss:FusedMDLMLoss",
+            "MDLM SUBS NELBO as fused Triton kernels (PyTorch fallback without a GPU)",
+        ),
     ]
 
 

@@ -45,3 +45,8 @@ def active_path() -> str:
     if gpu_available():
         return TRITON_GPU
     return TORCH_FALLBACK
+
+
+def path_for(choice: str) -> str:
+    """The path a loss with ``backend: choice`` takes here (``mdm plugins --status`` shows ``auto``'s)."""
+    return TORCH_FORCED if choice == "torch" else active_path()

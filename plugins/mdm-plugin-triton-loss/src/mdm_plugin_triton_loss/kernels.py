@@ -141,9 +141,20 @@ class FusedSubsNLL(torch.autograd.Function):
         wnll = torch.zeros(rows.numel(), dtype=torch.float32, device=logits.device)
         if rows.numel():
             _subs_nll_forward[(rows.numel(),)](
-                logits, rows, targets, weights, lse, wnll,
-                seq_len, logits.stride(0), logits.stride(1), vocab_size, mask_id, pad_id,
-                BLOCK_V=block_v, num_warps=_num_warps(block_v),
+                logits,
+                rows,
+                targets,
+                weights,
+                lse,
+                wnll,
+                seq_len,
+                logits.stride(0),
+                logits.stride(1),
+                vocab_size,
+                mask_id,
+                pad_id,
+                BLOCK_V=block_v,
+                num_warps=_num_warps(block_v),
             )
         ctx.save_for_backward(logits, flat_mask.to(torch.uint8), targets, weights, lse)
         ctx.ids = (mask_id, pad_id, block_v)
@@ -158,16 +169,32 @@ class FusedSubsNLL(torch.autograd.Function):
         grad = torch.empty((batch, seq_len, vocab_size), dtype=logits.dtype, device=logits.device)
         if grad.numel():
             _subs_nll_backward[(batch * seq_len,)](
-                logits, grad, flat_mask, targets, weights, lse,
+                logits,
+                grad,
+                flat_mask,
+                targets,
+                weights,
+                lse,
                 grad_out.reshape(1).to(torch.float32).contiguous(),
-                seq_len, logits.stride(0), logits.stride(1), vocab_size, mask_id, pad_id,
-                BLOCK_V=block_v, num_warps=_num_warps(block_v),
+                seq_len,
+                logits.stride(0),
+                logits.stride(1),
+                vocab_size,
+                mask_id,
+                pad_id,
+                BLOCK_V=block_v,
+                num_warps=_num_warps(block_v),
             )
         return grad, None, None, None, None, None, None
 
 
 def fused_subs_nll(
-    logits: Tensor, targets: Tensor, loss_mask: Tensor, weights: Tensor, mask_id: int, pad_id: int,
+    logits: Tensor,
+    targets: Tensor,
+    loss_mask: Tensor,
+    weights: Tensor,
+    mask_id: int,
+    pad_id: int,
     block_v: int | None = None,
 ) -> Tensor:
     """Weighted NLL sum over the loss-mask positions of ``[B, L, V]`` logits (fp32 scalar)."""

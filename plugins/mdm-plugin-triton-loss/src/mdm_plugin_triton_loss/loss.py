@@ -111,13 +111,13 @@ class FusedMDLMLoss(Loss):
 
         weights = torch.broadcast_to(example.weights, example.loss_mask.shape)
         weighted = fused_subs_nll(
-            logits, example.targets, example.loss_mask, weights, vocab.mask_id, vocab.pad_id,
+            logits,
+            example.targets,
+            example.loss_mask,
+            weights,
+            vocab.mask_id,
+            vocab.pad_id,
             self.params.block_v,
         )
         normaliser = example.normaliser.float()
         return LossOutput(loss=weighted / normaliser, weighted_nll_sum=weighted, num_tokens=normaliser)
-
-    def describe(self) -> str:
-        if self.params.backend == "torch":
-            return backend.TORCH_FORCED
-        return backend.active_path()

@@ -1,0 +1,68 @@
+"""Pairs of components that validate one by one but cannot work together are refused here.
+
+``mdm spec validate`` and ``mdm train`` call :func:`check_composition` on a resolved spec, so a
+run never starts with a component that would be silently ignored or misused:
+
+- the sampler must honour the generation structure the forward process trains for
+  (``Sampler.structures`` ∋ ``ForwardProcess.structure(params)``): e.g. a block-trained model
+  with a sampler that ignores blocks is refused;
+- a forward process that cannot use a time sampler's law (``uses_time_sampler = False``) accepts
+  only the uniform law (``TimeSampler.is_uniform()``), instead of dropping the one it was given.
+
+Both checks read class attributes and build at most the time sampler (``cls(params)``: cheap, no
+run shape needed), so they run before any data is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mdm_core.errors import PluginError, SpecError
+from mdm_core.kinds import KIND_LABELS
+from mdm_core.plugins import get_registry
+
+if TYPE_CHECKING:  # spec.py imports this module: no import at run time
+    from mdm_core.spec import Component
+
+
+def describe(component: Component) -> str:
+    """``sampler 'ancestral' (mdm-core 0.2.0)``: the component and the distribution providing it."""
+    label = KIND_LABELS.get(component.kind, component.kind)
+    try:
+        origin = f" ({get_registry().provider(component.kind, component.name).label})"
+    except (SpecError, PluginError):  # a class built by hand (tests) has no registry entry
+        origin = ""
+    return f"{label} '{component.name}'{origin}"
+
+
+def check_composition(components: dict[str, Component], source: str) -> None:
+    """Raise :class:`SpecError` (exit 2) naming both components of a pair that cannot work.
+
+    ``components`` maps each kind (``forward_process``, ``sampler``, ``time_sampler``, ...) to
+    its validated choice; kinds that are absent are not checked. ``source`` (the spec file)
+    prefixes the message.
+    """
+    process = components.get("forward_process")
+    if process is None:
+        return
+    sampler = components.get("sampler")
+    if sampler is not None:
+        structure = process.cls.structure(process.params)
+        supported = sampler.cls.structures
+        if structure not in supported:
+            raise SpecError(
+                f"{source}: {describe(sampler)} cannot generate from models trained by "
+                f"{describe(process)}: the process trains for the '{structure}' structure and the "
+                f"sampler supports {sorted(supported)}; choose a sampler that lists '{structure}'"
+            )
+    time_sampler = components.get("time_sampler")
+    if (
+        time_sampler is not None
+        and not process.cls.uses_time_sampler
+        and not time_sampler.cls(time_sampler.params).is_uniform()
+    ):
+        raise SpecError(
+            f"{source}: {describe(process)} cannot use the law of {describe(time_sampler)}: it "
+            "draws no diffusion times from a time sampler, so only the uniform one is accepted "
+            "(time_sampler: {name: uniform}); it would otherwise be silently ignored"
+        )
