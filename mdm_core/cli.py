@@ -440,7 +440,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         _add_plugin_commands(parser, argv)
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            # ``mdm train spec --quiet key=value``: overrides may follow options (argparse stops
+            # collecting positionals at the first option); anything else is still an error.
+            if not hasattr(args, "overrides") or not all(
+                "=" in item and not item.startswith("-") for item in extra
+            ):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.overrides = [*args.overrides, *extra]
         if not getattr(args, "func", None):
             parser.print_help()
             return 0

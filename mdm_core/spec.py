@@ -164,10 +164,14 @@ def _merge(base: DictConfig, child: DictConfig) -> DictConfig:
 
 
 def _find_base(base: str, spec_path: Path) -> Path:
-    """``base:`` is relative to the working directory, else to the spec file's folder."""
+    """``base:`` is relative to the working directory, else to the spec file's folder or one of
+    its ancestors (so ``base: specs/quickstart.yaml`` works from any directory), first match wins."""
     candidate = Path(base)
     if candidate.is_absolute() or candidate.exists():
         return candidate
+    for folder in [spec_path.parent, *spec_path.resolve().parent.parents]:
+        if (folder / candidate).is_file():
+            return folder / candidate
     return spec_path.parent / candidate
 
 
