@@ -39,7 +39,9 @@ def mdm_executable() -> str:
     beside = Path(sys.executable).parent / "mdm"
     found = str(beside) if beside.is_file() else shutil.which("mdm")
     if found is None:
-        raise MdmError("no `mdm` executable found; install mdm-core (pip install -e .) in this environment")
+        raise MdmError(
+            "no `mdm` executable found; install mdm-diffusion (pip install -e .) in this environment"
+        )
     return found
 
 

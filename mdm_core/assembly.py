@@ -10,6 +10,7 @@ exactly the components training built.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,15 +166,19 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> L
     if not (run_dir / "resolved.yaml").is_file():
         raise MdmError(f"{run_dir} is not a run directory (no resolved.yaml)", exit_code=2)
     spec = load_spec(run_dir / "resolved.yaml")
-    path = checkpoint.latest_checkpoint(run_dir / "ckpt")
-    if path is None:
+    point = checkpoint.resume_point(run_dir / "ckpt")  # verified; a damaged one is exit 3
+    if point is None:
         raise MdmError(f"{run_dir} has no checkpoint yet")
+    if point.note:
+        print(f"warning: {point.note}", file=sys.stderr)
     bundle = saved_bundle(run_dir)
     world = _training_world_size(run_dir)
     parts = build_parts(
         spec, spec.components["data"].build(), bundle, run_shape(spec.run.trainer, bundle, 0, world)
     )
-    step, weights, _ = checkpoint.load_checkpoint(path)
+    step, weights, _ = checkpoint.load_checkpoint(point.path)
+    chosen = point.path / ("ema.safetensors" if "ema" in weights else "model.safetensors")
+    checkpoint.check_fits(chosen, best_weights(weights), parts.model.state_dict())
     parts.model.load_state_dict(best_weights(weights))
     where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     parts.model.to(where).eval()

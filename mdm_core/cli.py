@@ -24,25 +24,64 @@ def _overrides_help() -> str:
 
 # -- train / eval / sample ---------------------------------------------------------------------
 
+TRAIN_EPILOG = """\
+Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes a checkpoint, prints the
+resume command and exits 130 (SIGINT) or 143 (SIGTERM). Other exit codes: 0 done, 1 other
+errors, 2 bad spec or run directory (in use, already a run), 3 plug-in or checkpoint
+problem, 4 diverged (NaN/Inf). See docs/training.md.
+"""
+
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mdm_core.spec import load_spec
+    from mdm_core import runs
+    from mdm_core.interrupt import RunInterrupted
+    from mdm_core.runlock import RunLock
+    from mdm_core.spec import check_runnable, load_spec
 
+    # Under torchrun only rank 0 claims the run directory, so only it checks it up front.
+    main_rank = os.environ.get("RANK", "0") == "0"
     run_dir: Path | None
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "resolved.yaml").is_file():
-            raise MdmError(f"--resume: {run_dir} is not a run directory (no resolved.yaml)", exit_code=2)
-        spec = load_spec(run_dir / "resolved.yaml", args.overrides + ([args.spec] if args.spec else []))
+        if args.run_dir and Path(args.run_dir) != run_dir:
+            raise MdmError("train: --resume already names the run directory; drop --run-dir", exit_code=2)
+        runs.check_resumable(run_dir)
+        if main_rank:
+            RunLock(run_dir).check_free()  # early; train() takes the lock
+        # ``mdm train --resume RUN a=1 b=2``: the first override lands in ``spec``; keep the order.
+        overrides = ([args.spec] if args.spec else []) + args.overrides
+        spec = load_spec(run_dir / "resolved.yaml", overrides)
+        runs.resume_changes(run_dir, spec)  # a change of what the run computes: exit 2 here
     else:
+        if args.from_step is not None:
+            raise MdmError("train: --from-step picks the checkpoint of a --resume", exit_code=2)
         if not args.spec:
             raise MdmError("train: give a spec file, e.g. mdm train specs/quickstart.yaml", exit_code=2)
         spec = load_spec(args.spec, args.overrides)
         run_dir = Path(args.run_dir) if args.run_dir else None
+        if run_dir is not None and main_rank:  # early; train() checks again holding the lock
+            RunLock(run_dir).check_free()
+            runs.refuse_existing_run(run_dir)
+    check_runnable(spec)  # before any data is read: a run this machine can never start is exit 2
     from mdm_core.trainer import train  # after the spec: spec errors come before heavy imports
 
-    summary = train(spec, run_dir=run_dir, resume=bool(args.resume), quiet=args.quiet)
-    if os.environ.get("RANK", "0") == "0":
+    def announce(path: Path) -> None:
+        print(f"run  {path}", flush=True)
+
+    try:
+        summary = train(
+            spec,
+            run_dir=run_dir,
+            resume=bool(args.resume),
+            quiet=args.quiet,
+            on_start=announce if main_rank else None,
+            from_step=args.from_step,
+        )
+    except RunInterrupted as exc:
+        if main_rank:
+            print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    if main_rank:
         _print_summary(summary)
     return 0
 
@@ -228,9 +267,10 @@ def plugins_report() -> dict[str, Any]:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from mdm_core.plugins import get_registry, strict
+    from mdm_core.plugins import core_shadowing, get_registry, strict
 
     report = plugins_report()
+    report["shadowing"] = core_shadowing()
     if args.status:
         report["status"] = {}
         registry = get_registry()
@@ -255,11 +295,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print(f"{label:28s} {p['version']:9s} {desc}")
         for c in report["conflicts"]:
             print(f"CONFLICT: {c['kind']} '{c['name']}' registered by {' and '.join(c['distributions'])}")
+        for line in report["shadowing"]:
+            print(f"SHADOWED: {line}")
         for name, line in report.get("status", {}).items():
             print(f"status: {name}: {line}")
         for row in report.get("registry", []):
             print("registry: " + "  ".join(f"{k}={v}" for k, v in row.items()))
-    bad = any(p["error"] for p in report["plugins"]) or report["conflicts"]
+    bad = any(p["error"] for p in report["plugins"]) or report["conflicts"] or report["shadowing"]
     return 3 if (bad and strict()) else 0
 
 
@@ -267,6 +309,25 @@ def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
     return str(annotation).replace("typing.", "")
+
+
+def _component_row(reg: Any, kind: str, name: str, entry: Any) -> dict[str, Any]:
+    """One component for ``mdm components``: its provider, summary and parameters."""
+    row: dict[str, Any] = {"name": name, "distribution": entry.plugin.label, "summary": entry.ref.summary}
+    try:
+        cls = reg.load(kind, name)
+        row["params"] = {
+            field: {
+                "default": repr(info.default) if not info.is_required() else "(required)",
+                "type": _type_name(info.annotation),
+                "description": info.description or "",
+            }
+            for field, info in cls.Params.model_fields.items()
+        }
+        row["doc"] = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else entry.ref.summary
+    except MdmError as exc:
+        row["error"] = str(exc)
+    return row
 
 
 def cmd_components(args: argparse.Namespace) -> int:
@@ -280,22 +341,10 @@ def cmd_components(args: argparse.Namespace) -> int:
     reg = get_registry()
     rows = []
     for name in reg.names(kind):
-        entry = reg.entry(kind, name)
-        row: dict[str, Any] = {"name": name, "distribution": entry.plugin.label, "summary": entry.ref.summary}
-        try:
-            cls = reg.load(kind, name)
-            row["params"] = {
-                field: {
-                    "default": repr(info.default) if not info.is_required() else "(required)",
-                    "type": _type_name(info.annotation),
-                    "description": info.description or "",
-                }
-                for field, info in cls.Params.model_fields.items()
-            }
-            row["doc"] = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else entry.ref.summary
-        except MdmError as exc:
-            row["error"] = str(exc)
-        rows.append(row)
+        providers = reg.providers(kind, name)
+        for entry in providers:  # a name two plug-ins register: both, each as a spec picks it
+            chosen = name if len(providers) == 1 else f"{entry.plugin.distribution}:{name}"
+            rows.append(_component_row(reg, kind, chosen, entry))
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -310,10 +359,11 @@ def cmd_components(args: argparse.Namespace) -> int:
 
 
 def cmd_spec(args: argparse.Namespace) -> int:
-    from mdm_core.spec import load_spec
+    from mdm_core.spec import check_runnable, load_spec
 
     spec = load_spec(args.spec, args.overrides)
     if args.action == "validate":
+        check_runnable(spec)
         names = ", ".join(f"{c.kind}={c.name}" for c in spec.components.values())
         sections = "".join(f"; section {key}" for key in spec.sections)
         print(f"ok: {args.spec} is valid ({names}{sections})")
@@ -337,14 +387,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mdm", description="Train and evaluate masked diffusion language models."
     )
-    parser.add_argument("--version", action="version", version=f"mdm-core {__version__}")
+    from mdm_core.plugins import CORE_DISTRIBUTION  # pluggy only: --help stays fast
+
+    parser.add_argument("--version", action="version", version=f"{CORE_DISTRIBUTION} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train from a YAML spec")
+    p = sub.add_parser(
+        "train",
+        help="train from a YAML spec",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("spec", nargs="?", help="spec file (omit with --resume)")
     p.add_argument("overrides", nargs="*", help=_overrides_help())
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    p.add_argument("--run-dir", help="write the run exactly here (default: runs/<name>-<time>)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a run from its last checkpoint (overrides: run-control keys only)",
+    )
+    p.add_argument(
+        "--from-step",
+        type=int,
+        metavar="N",
+        help="with --resume: continue from the checkpoint of step N instead of the latest",
+    )
+    p.add_argument(
+        "--run-dir", help="write the run exactly here, a new or empty folder (default: runs/<name>-<time>)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -435,6 +504,17 @@ def _add_plugin_commands(parser: argparse.ArgumentParser, argv: list[str]) -> No
             print(f"warning: plug-in {plugin}: {error}; its sub-commands are unavailable", file=sys.stderr)
 
 
+def _plugin_fault(exc: Exception) -> MdmError | None:
+    """An exception raised inside a plug-in's component (``mdm sample``, ``mdm eval``, …) as a
+    clear error naming it; None when the fault is not a plug-in's. Torch is imported only when
+    something already went wrong, so ``mdm --help`` stays fast."""
+    if "torch" not in sys.modules:
+        return None
+    from mdm_core import boundary
+
+    return boundary.translate(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -456,8 +536,16 @@ def main(argv: list[str] | None = None) -> int:
     except MdmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:
+        clear = _plugin_fault(exc)
+        if clear is None:
+            raise  # a bug of the core itself keeps its traceback
+        print(f"error: {clear}", file=sys.stderr)
+        return clear.exit_code
     except KeyboardInterrupt:
-        print("interrupted; resume with: mdm train --resume RUN_DIR", file=sys.stderr)
+        # Training handles its own signals (a checkpoint and the resume command); this is an
+        # interrupt anywhere else, where nothing was being written.
+        print("interrupted", file=sys.stderr)
         return 130
 
 

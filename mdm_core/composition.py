@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # spec.py imports this module: no import at run time
 
 
 def describe(component: Component) -> str:
-    """``sampler 'ancestral' (mdm-core 0.2.0)``: the component and the distribution providing it."""
+    """``sampler 'ancestral' (mdm-diffusion 0.2.0)``: the component and the distribution providing it."""
     label = KIND_LABELS.get(component.kind, component.kind)
     try:
         origin = f" ({get_registry().provider(component.kind, component.name).label})"

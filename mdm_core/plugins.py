@@ -7,6 +7,9 @@ each entry is attributed to its plug-in and a plug-in whose hook raises is repor
 (unless ``MDM_STRICT_PLUGINS=1``). An object registered later with ``registry.pm.register`` is
 listed and loadable like any discovered plug-in: the tables are rebuilt whenever the set of
 registered plug-ins changes. Component classes are imported only when ``load`` is asked for them.
+A name two plug-ins register is a conflict; a spec picks one provider as ``dist:name``
+(``mdm-plugin-bell:bell``). Lifecycle hooks run through :class:`RunHooks`: a plug-in whose hook
+raises is reported once and left out for the rest of the run, never the run's failure.
 
 Environment:
   MDM_STRICT_PLUGINS=1           load errors and name conflicts raise instead of being reported
@@ -19,7 +22,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
-from collections.abc import Iterator, Mapping
+import re
+import sys
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
@@ -33,7 +38,7 @@ from mdm_core.errors import PluginError, SpecError
 from mdm_core.hookspecs import ComponentRef, SpecSection
 from mdm_core.kinds import BY_NAME, KIND_LABELS, KIND_TABLE, KINDS
 
-CORE_DISTRIBUTION = "mdm-core"
+CORE_DISTRIBUTION = "mdm-diffusion"
 BUILTIN_MODULE = "mdm_core.builtin"
 BUILTIN_NAME = "core"
 #: The conflict-table kind of spec sections (beside the component kinds).
@@ -89,10 +94,17 @@ class _Index:
     entries: dict[tuple[str, str], Entry]
     sections: dict[str, SectionEntry]
     conflicts: dict[tuple[str, str], list[PluginInfo]]
+    #: (kind, name) → every plug-in's entry for it, first registered first (conflicts included).
+    providers: dict[tuple[str, str], list[Entry]] = field(default_factory=dict)
+
+
+def normalise(name: str) -> str:
+    """A distribution or plug-in name as the package index compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _env_list(name: str) -> set[str]:
-    return {x.strip() for x in os.environ.get(name, "").split(",") if x.strip()}
+    return {normalise(x.strip()) for x in os.environ.get(name, "").split(",") if x.strip()}
 
 
 def strict() -> bool:
@@ -106,6 +118,61 @@ def core_version() -> str:
         from mdm_core import __version__
 
         return __version__
+
+
+def _top_level(dist: metadata.Distribution) -> set[str]:
+    """The top-level import names a distribution installs (``top_level.txt``, else its files)."""
+    listed = dist.read_text("top_level.txt")
+    if listed:
+        return {line.strip() for line in listed.splitlines() if line.strip()}
+    return {
+        f.parts[0].removesuffix(".py") for f in dist.files or [] if f.parts and ".dist-info" not in f.parts[0]
+    }
+
+
+def core_shadowing() -> list[str]:
+    """One line per problem with the ``mdm_core`` import package: another installed distribution
+    that also provides it (``mdm-core`` on PyPI is an unrelated project with the same import
+    name, and the core's own name before 0.2.0), saying whether the ``mdm_core`` imported now is
+    that one's; or ``mdm_core`` imported while the core's distribution is not installed."""
+    from pathlib import Path
+
+    from packaging.utils import canonicalize_name
+
+    import mdm_core
+
+    imported = Path(mdm_core.__file__ or "").resolve()
+    ours = canonicalize_name(CORE_DISTRIBUTION)
+    fix = f"pip uninstall {{name}} && pip install --force-reinstall {CORE_DISTRIBUTION}"
+    lines: list[str] = []
+    seen: set[str] = set()
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"] or "?"
+        if canonicalize_name(name) in seen | {ours} or "mdm_core" not in _top_level(dist):
+            continue
+        seen.add(canonicalize_name(name))
+        label = f"{name} {dist.version}"
+        if any(Path(str(dist.locate_file(f))).resolve() == imported for f in dist.files or []):
+            lines.append(
+                f"mdm_core is imported from {imported}, which belongs to {label}, not to "
+                f"{CORE_DISTRIBUTION}: a different project with the same import name; "
+                + fix.format(name=name)
+            )
+        else:
+            lines.append(
+                f"{label} also installs a top-level mdm_core package (a different project, or the "
+                f"core's name before 0.2.0); it can overwrite {CORE_DISTRIBUTION}'s files; "
+                + fix.format(name=name)
+            )
+    try:
+        metadata.distribution(CORE_DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        lines.append(
+            f"mdm_core is imported from {imported} but {CORE_DISTRIBUTION} is not installed, so "
+            f"plug-ins cannot declare their core range; pip install {CORE_DISTRIBUTION} (in a "
+            "checkout: pip install -e .)"
+        )
+    return lines
 
 
 def _core_info() -> PluginInfo:
@@ -140,7 +207,8 @@ class Registry:
                 continue
             dist = ep.dist.name if ep.dist is not None else "?"
             version = ep.dist.version if ep.dist is not None else "?"
-            if dist in disabled or (only and not {ep.name, dist} & only):
+            names = {normalise(ep.name), normalise(dist)}
+            if names & disabled or (only and not names & only):
                 self.pm.set_blocked(ep.name)
             if self.pm.is_blocked(ep.name):
                 continue
@@ -182,6 +250,7 @@ class Registry:
                 continue
             info.components.append(ref)
             key = (ref.kind, ref.name)
+            index.providers.setdefault(key, []).append(Entry(ref, info))
             if key in index.entries:
                 self._conflict(index, key, index.entries[key].plugin, info)
             else:
@@ -228,11 +297,14 @@ class Registry:
             out += [(name, d) for d in declared]
         return out
 
-    def call_each(self, hook: pluggy.HookCaller, **kwargs: Any) -> Iterator[tuple[str, Any, str | None]]:
+    def call_each(
+        self, hook: pluggy.HookCaller, skip: Collection[str] = (), **kwargs: Any
+    ) -> Iterator[tuple[str, Any, str | None]]:
         """Call each plug-in's implementation of ``hook`` alone, in registration order, yielding
-        (plug-in name, result, error): one broken plug-in is reported, never the host's failure."""
+        (plug-in name, result, error): one broken plug-in is reported, never the host's failure.
+        Plug-ins named in ``skip`` are not called."""
         for impl in hook.get_hookimpls():
-            if impl.hookwrapper or impl.wrapper:
+            if impl.hookwrapper or impl.wrapper or impl.plugin_name in skip:
                 continue
             try:
                 result = impl.function(*(kwargs[arg] for arg in impl.argnames))
@@ -256,6 +328,13 @@ class Registry:
         """Every registered plug-in, then every one whose module failed to import."""
         return self._index().plugins
 
+    def info(self, name: str) -> PluginInfo:
+        """The plug-in registered with pluggy as ``name`` (its distribution and version)."""
+        for plugin in self.plugins:
+            if plugin.name == name:
+                return plugin
+        return PluginInfo(name, name, UNKNOWN_VERSION, "?")
+
     @property
     def entries(self) -> dict[tuple[str, str], Entry]:
         """(kind, name) → the component entry (names registered twice are in ``conflicts``)."""
@@ -276,13 +355,41 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         return sorted(name for k, name in self.entries if k == kind)
 
+    def providers(self, kind: str, name: str) -> list[Entry]:
+        """Every plug-in's entry for ``name`` (two or more when it is a conflict)."""
+        return list(self._index().providers.get((kind, name), []))
+
+    def owners_of(self, cls: type) -> list[Entry]:
+        """The entries whose target is ``cls`` (a class may be registered under several names)."""
+        target = f"{cls.__module__}:{cls.__qualname__}"
+        return [e for entries in self._index().providers.values() for e in entries if e.ref.target == target]
+
     def entry(self, kind: str, name: str, where: str | None = None) -> Entry:
-        key = (kind, name)
+        """The entry a spec's ``name`` means: ``bell``, or ``mdm-plugin-bell:bell`` to choose
+        one provider of a name two plug-ins register."""
+        dist, _, bare = name.rpartition(":")
+        key = (kind, bare)
+        if dist:
+            return self._chosen(key, dist, where or f"{kind}.name")
         if key in self.conflicts:
             raise PluginError(_conflict_message(key, self.conflicts[key]))
         if key not in self.entries:
             raise SpecError(self._unknown_message(kind, name, where or f"{kind}.name"))
         return self.entries[key]
+
+    def _chosen(self, key: tuple[str, str], dist: str, where: str) -> Entry:
+        """The provider ``dist`` (a distribution or plug-in name) of ``key``, or a clear error."""
+        entries = self.providers(*key)
+        for e in entries:
+            if normalise(dist) in {normalise(e.plugin.distribution), normalise(e.plugin.name)}:
+                return e
+        if not entries:
+            raise SpecError(self._unknown_message(key[0], key[1], where))
+        offered = ", ".join(f"{e.plugin.distribution}:{key[1]} ({e.plugin.label})" for e in entries)
+        raise SpecError(
+            f"{where}: '{dist}:{key[1]}': {dist} provides no {_label(key[0])} '{key[1]}'; "
+            f"providers: {offered}"
+        )
 
     def _unknown_message(self, kind: str, name: str, where: str) -> str:
         names = self.names(kind)
@@ -344,10 +451,57 @@ def _import(target: str, what: str) -> Any:
 
 def _conflict_message(key: tuple[str, str], owners: list[PluginInfo]) -> str:
     names = " and ".join(p.label for p in owners)
-    return (
-        f"{_label(key[0])} '{key[1]}' is registered by both {names}; "
-        "uninstall one of them or disable it with MDM_DISABLE_PLUGINS"
+    message = f"{_label(key[0])} '{key[1]}' is registered by both {names}; "
+    if key[0] == SECTION:
+        return message + "uninstall one of them or disable it with MDM_DISABLE_PLUGINS"
+    return message + (
+        f'choose one in the spec as name: "{owners[0].distribution}:{key[1]}", '
+        "or uninstall or disable (MDM_DISABLE_PLUGINS) one of them"
     )
+
+
+#: The hooks a training run calls (:class:`RunHooks`).
+LIFECYCLE_HOOKS = ("mdm_run_start", "mdm_step_end", "mdm_eval_end", "mdm_run_end")
+
+
+class RunHooks:
+    """One run's lifecycle hooks, each plug-in's implementation called on its own.
+
+    A plug-in whose hook raises is reported once, on stderr, with its distribution and version,
+    and none of its lifecycle hooks is called again in this run: after an exception its state is
+    unknown, so its other hooks would act on half-made state. Training goes on; with
+    ``MDM_STRICT_PLUGINS=1`` the run stops instead (exit 3). ``hooks.mdm_step_end(run=..., ...)``
+    reads like pluggy's ``pm.hook.mdm_step_end(...)``.
+    """
+
+    def __init__(self, registry: Registry, rank: int = 0) -> None:
+        self.registry = registry
+        self.rank = rank
+        #: Plug-in name → the error that disabled it.
+        self.disabled: dict[str, str] = {}
+
+    def __getattr__(self, hook: str) -> Callable[..., None]:
+        if hook not in LIFECYCLE_HOOKS:
+            raise AttributeError(hook)
+        return lambda **kwargs: self.call(hook, **kwargs)
+
+    def call(self, hook: str, **kwargs: Any) -> None:
+        caller = getattr(self.registry.pm.hook, hook)
+        for name, _, error in self.registry.call_each(caller, skip=self.disabled, **kwargs):
+            if error is not None:
+                self._disable(name, error)
+
+    def _disable(self, name: str, error: str) -> None:
+        label = self.registry.info(name).label
+        if strict():
+            raise PluginError(f"plug-in {label}: {error} (MDM_STRICT_PLUGINS=1 stops the run)")
+        self.disabled[name] = error
+        rank = f"rank {self.rank}: " if self.rank else ""
+        print(
+            f"warning: {rank}plug-in {label}: {error}; its lifecycle hooks are disabled for the rest "
+            "of this run (MDM_STRICT_PLUGINS=1 stops the run instead)",
+            file=sys.stderr,
+        )
 
 
 @lru_cache(maxsize=1)

@@ -76,7 +76,7 @@ class CatalogEntry(BaseModel):
         return value
 
     def admits(self, version: str) -> bool:
-        """Whether this plug-in declares support for that mdm-core version."""
+        """Whether this plug-in declares support for that version of the core."""
         return Requirement(self.core).specifier.contains(version, prereleases=True)
 
 
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
             gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
             environment = {
-                "mdm-core": core_version(),
+                CORE_DISTRIBUTION: core_version(),
                 "torch": metadata.version("torch"),
                 "python": platform.python_version(),
                 "device": f"cuda ({gpu})" if gpu else "cpu",

@@ -92,6 +92,7 @@ def new_plugin(name: str, kind: str, dest: Path) -> Path:
         "kind_label": spec.label,
         "spec_line": f"{spec.section}: [{choice}]" if spec.is_list else f"{spec.section}: {choice}",
         "core_requirement": CORE_REQUIREMENT,
+        "core_distribution": CORE_DISTRIBUTION,
         "cls": cls,
         "check": _check_function(spec),
         "make": _CHECK_ARGS.get(kind, "lambda: {cls}()").format(cls=cls),

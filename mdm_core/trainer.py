@@ -20,7 +20,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,18 +34,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from mdm_core import checkpoint, distributed, runs
+from mdm_core import boundary, checkpoint, distributed, runs
 from mdm_core.assembly import assemble, save_run_data
 from mdm_core.data.loader import BatchStream
-from mdm_core.errors import MdmError, TrainingDiverged
+from mdm_core.errors import MdmError, SpecError, TrainingDiverged
 from mdm_core.evaluation import any_due, eval_context, evaluate
 from mdm_core.interfaces import (
     Backbone,
     SamplingContext,
     TrainingExample,
 )
+from mdm_core.interrupt import RunInterrupted, StopSignals, signal_name
 from mdm_core.plotting import plot_curves
-from mdm_core.plugins import get_registry
+from mdm_core.plugins import RunHooks, get_registry
+from mdm_core.runlock import RunLock
 from mdm_core.spec import ResolvedSpec
 
 
@@ -89,12 +94,13 @@ def model_forward(model: torch.nn.Module, example: TrainingExample, uses_time: b
 class Trainer:
     """One training run in one process (one rank under torchrun)."""
 
+    @boundary.attributed  # a plug-in that fails to build is named, with its distribution
     def __init__(self, spec: ResolvedSpec, run_dir: Path, quiet: bool = False) -> None:
         self.spec, self.run_dir, self.quiet = spec, run_dir, quiet
         self.cfg = spec.run.trainer
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
-        self.env = distributed.setup(self.cfg.device)
+        self.env = distributed.setup(self.cfg.device, self.cfg.dist_timeout_s)
         self.registry = get_registry()
         self.parts = assemble(spec, self.env.rank, self.env.world_size)
         self.shape = self.parts.shape
@@ -140,6 +146,8 @@ class Trainer:
         self.context = RunContext(
             run_dir, spec, self.env.rank, self.env.world_size, dict(self.parts.bundle.info), self.model
         )
+        self.boundary = boundary.Boundary(self.parts, self.cfg.log_every, self.cfg.max_steps)
+        self.hooks = RunHooks(self.registry, self.env.rank)  # a raising hook is reported, left out
 
     @property
     def tokens(self) -> int:
@@ -149,58 +157,126 @@ class Trainer:
     # -- checkpointing ---------------------------------------------------------------------
 
     def save(self) -> None:
-        if not self.env.is_main:
-            distributed.barrier(self.env)
-            return
-        weights = {"model": self.model.state_dict()}
-        if self.ema is not None:
-            weights["ema"] = self.ema.state_dict()
-        groups = {
-            "optimizer": self.optimizer.state_dict(),
-            "trainer": {
-                "step": self.step,
-                "elapsed": self.elapsed,
-                "tokens": self.tokens,
-                "scheduler": self.scheduler.state_dict(),
-                "rng": checkpoint.rng_state(),
-                "last_eval": self.last_eval,
-            },
-            "forward_process": self.parts.forward_process.state_dict(),
-        }
-        checkpoint.save_checkpoint(
-            self.run_dir / "ckpt", self.step, weights, groups, self.cfg.keep_checkpoints
-        )
-        distributed.barrier(self.env)
+        """Checkpoint this step. Every rank writes its own forward-process state into the staging
+        folder rank 0 prepared; rank 0 commits (rename, then ``latest``) only after all have, so
+        a kill of any rank at any moment leaves ``latest`` naming a complete checkpoint. Ranks
+        agree after each phase, so a failure on one (a full disk, NaN weights) stops all with
+        its message and no checkpoint is half-committed."""
+        ckpt_dir, step, process = self.run_dir / "ckpt", self.step, self.parts.forward_process
+        weights: dict[str, dict[str, Tensor]] = {}
+        groups: dict[str, dict[str, Any]] = {}
+        error: MdmError | None = None
+        if self.env.is_main:
+            weights = {"model": self.model.state_dict()}
+            if self.ema is not None:
+                weights["ema"] = self.ema.state_dict()
+            groups = {
+                "optimizer": self.optimizer.state_dict(),
+                "trainer": {
+                    "step": step,
+                    "elapsed": self.elapsed,
+                    "tokens": self.tokens,
+                    "scheduler": self.scheduler.state_dict(),
+                    "rng": checkpoint.rng_state(),
+                    "last_eval": self.last_eval,
+                },
+                "forward_process": process.state_dict(),
+            }
+            bad = checkpoint.first_non_finite({**weights, "optimizer": groups["optimizer"]})
+            try:
+                if bad is not None:
+                    raise TrainingDiverged(self._diverged(f"{bad} (not checkpointed)", step))
+                checkpoint.begin(ckpt_dir, step)
+            except MdmError as exc:
+                error = exc
+        self._all_ranks_ok(error)
+        if not self.env.is_main and process.stateful:
+            try:
+                checkpoint.write_rank_state(
+                    ckpt_dir, step, "forward_process", self.env.rank, process.state_dict()
+                )
+            except MdmError as exc:
+                error = exc
+        self._all_ranks_ok(error)
+        if self.env.is_main:
+            try:
+                checkpoint.commit(
+                    ckpt_dir, step, weights, groups, self.cfg.keep_checkpoints, self.env.world_size
+                )
+            except MdmError as exc:
+                error = exc
+        self._all_ranks_ok(error)
 
-    def restore(self) -> None:
-        path = checkpoint.latest_checkpoint(self.run_dir / "ckpt")
-        if path is None:
-            raise MdmError(f"--resume: {self.run_dir} has no complete checkpoint to resume from")
-        if self.env.enabled and self.parts.forward_process.stateful:
-            raise MdmError(
-                "--resume under torchrun with a stateful forward process is not supported: "
-                "each rank's state is saved only by rank 0"
+    def _all_ranks_ok(self, error: MdmError | None) -> None:
+        """Raise ``error``, or on the other ranks an error with its exit code, if any rank failed
+        a phase of :meth:`save` (one all-reduce under torchrun)."""
+        code = error.exit_code if error is not None else 0
+        if self.env.enabled:
+            flag = torch.tensor([code], device=self.env.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            code = int(flag.item())
+        if not code:
+            return
+        if self.env.is_main:
+            checkpoint.discard(self.run_dir / "ckpt", self.step)
+        raise error or MdmError(
+            f"rank {self.env.rank}: the checkpoint of step {self.step} was not written; "
+            "another rank said why",
+            exit_code=code,
+        )
+
+    def restore(self, from_step: int | None = None) -> bool:
+        """Load the checkpoint to resume from (``latest``, or the one of ``from_step``), verified;
+        False, after dropping the run's metric lines, when no checkpoint was ever written."""
+        ckpt_dir = self.run_dir / "ckpt"
+        point = checkpoint.resume_point(ckpt_dir, from_step)
+        if point is None:
+            if self.env.is_main:
+                print(f"note: {ckpt_dir} holds no checkpoint; starting from step 0", file=sys.stderr)
+                runs.truncate_metrics(self.run_dir, 0)
+            return False
+        if point.note and self.env.is_main:
+            print(f"warning: {point.note}", file=sys.stderr)
+        step, weights, groups = checkpoint.load_checkpoint(point.path)
+        checkpoint.check_fits(point.path / "model.safetensors", weights["model"], self.model.state_dict())
+        if self.ema is not None and "ema" in weights:
+            checkpoint.check_fits(point.path / "ema.safetensors", weights["ema"], self.ema.state_dict())
+        checkpoint.check_optimizer_fits(
+            point.path / "optimizer.safetensors", groups["optimizer"], self.optimizer
+        )
+        state = groups["trainer"]
+        if state.get("step") != step:
+            raise checkpoint.DamagedCheckpoint(
+                f"{point.path}: its trainer state is of step {state.get('step')}, its folder of step {step}"
             )
-        step, weights, groups = checkpoint.load_checkpoint(path)
         self.model.load_state_dict(weights["model"])
         if self.ema is not None and "ema" in weights:
             self.ema.load_state_dict(weights["ema"])
         self.optimizer.load_state_dict(groups["optimizer"])
-        state = groups["trainer"]
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
         self.step, self.elapsed = step, float(state["elapsed"])
         self._tokens.fill_(int(state["tokens"]))
         self.last_eval = dict(state.get("last_eval", {}))
-        self.parts.forward_process.load_state_dict(groups.get("forward_process", {}))
+        process = self.parts.forward_process
+        if process.stateful:
+            process.load_state_dict(
+                checkpoint.rank_state(point.path, "forward_process", self.env.rank, self.env.world_size)
+            )
+        else:
+            process.load_state_dict(groups.get("forward_process", {}))
         if self.env.is_main:
+            if point.note:  # resumed from a checkpoint ``latest`` did not name: it names it now
+                checkpoint.point_latest(ckpt_dir, point.path)
             runs.truncate_metrics(self.run_dir, step)
+        return True
 
     # -- the loop --------------------------------------------------------------------------
 
     def train_step(self) -> Tensor:
         """One optimiser step over ``grad_accum`` micro-batches; returns the mean loss as a
         detached device tensor (reading it is a host sync: do so only on report steps)."""
+        self.boundary.begin(self.step)  # checks the components' outputs on first and log steps
         self.net.train()
         process = self.parts.forward_process
         accum = self.cfg.grad_accum
@@ -232,11 +308,14 @@ class Trainer:
         gen = step_generator(self.cfg.seed, self.env.rank, self.step, micro)
         progress = self.step / self.cfg.max_steps
         example = self.parts.forward_process.prepare(batch, self.parts.time_sampler, gen, progress)
+        self.boundary.example(batch, example)
         last = micro == accum - 1 or not self.env.enabled
         with contextlib.nullcontext() if last else self._no_sync():
             with self.autocast:
                 logits = model_forward(self.net, example, self.uses_time)
+            self.boundary.logits(example, logits)
             out = self.parts.loss(logits, example, self.shape.vocab)
+            self.boundary.loss(out)
             (out.loss / accum).backward()
         self._tokens += batch.attention_mask.sum() * self.env.world_size
         return out.loss.detach(), example, logits.detach()
@@ -258,11 +337,18 @@ class Trainer:
         return value
 
     def _diverged(self, what: str, step: int) -> str:
-        ckpt = checkpoint.latest_checkpoint(self.run_dir / "ckpt")
-        where = f"the last checkpoint is {ckpt}" if ckpt else "no checkpoint was written yet"
+        """The divergence message: the newest checkpoint that verifies and holds only finite
+        weights and optimiser state (none is written after a bad step), and how to go on."""
+        ckpt = checkpoint.newest_valid(self.run_dir / "ckpt", finite=True)
+        where = (
+            f"the newest finite checkpoint is {ckpt}; resume from it with: "
+            f"{runs.resume_command(self.run_dir, self.env.world_size)}"
+            if ckpt
+            else "no checkpoint was written yet"
+        )
         return (
             f"{what} became NaN/Inf at step {step}; stopped at step {self.step} ({where}). "
-            f"Try a lower trainer.lr (now {self.cfg.lr}) or trainer.grad_clip, or resume with --resume"
+            f"Try a lower trainer.lr (now {self.cfg.lr}) or trainer.grad_clip"
         )
 
     def eval_model(self) -> Backbone:
@@ -278,10 +364,37 @@ class Trainer:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
+    @boundary.attributed  # a plug-in whose load_state_dict raises is named, with its distribution
+    def resume(self, from_step: int | None = None) -> None:
+        """Continue from the run's checkpoint (``latest``, or that of ``from_step``). A run stopped
+        before its first checkpoint starts again from step 0 (its metric lines dropped), exactly as
+        if it had never run."""
+        if not self.restore(from_step) and self.env.is_main:
+            save_run_data(self.run_dir, self.parts.bundle)  # in case the kill came before it
+        if self.step > self.cfg.max_steps:
+            raise SpecError(
+                f"--resume: trainer.max_steps={self.cfg.max_steps} is below the checkpoint's step "
+                f"{self.step}; give a larger trainer.max_steps"
+            )
+
+    @boundary.attributed  # plug-in faults and a stopped rank end the run with a clear message
+    def fit(self, resume: bool = False, signals: StopSignals | None = None) -> dict[str, Any]:
+        """Train to ``max_steps``. SIGINT or SIGTERM during the loop ends the run after the
+        current step with a checkpoint (:class:`RunInterrupted`, exit 128 + the signal);
+        ``signals`` is the run's handler where the caller holds one (:func:`train` does)."""
+        if signals is None:
+            with StopSignals() as signals:
+                return self.fit(resume, signals)
         if resume:
-            self.restore()
-        hooks = self.registry.pm.hook
+            self.resume()
+        with signals.deferring():
+            self._loop(signals)
+        summary = self.finish()
+        self.hooks.mdm_run_end(run=self.context, metrics=self.last_eval)
+        return summary
+
+    def _loop(self, stop: StopSignals) -> None:
+        hooks = self.hooks
         hooks.mdm_run_start(run=self.context)
         bar = tqdm(
             total=self.cfg.max_steps,
@@ -325,10 +438,39 @@ class Trainer:
             bar.update(1)
             if metrics:
                 bar.set_postfix(self._postfix(metrics), refresh=False)
+            signum = self._agreed_stop(stop, report=value is not None)
+            if signum is not None and not final:
+                bar.close()
+                if value is None:
+                    self.checked_loss(loss)  # never checkpoint a diverged state
+                if not ckpt_due:
+                    self.save()
+                raise self._interrupted(signum)
         bar.close()
-        summary = self.finish()
-        hooks.mdm_run_end(run=self.context, metrics=self.last_eval)
-        return summary
+
+    def _agreed_stop(self, stop: StopSignals, report: bool) -> int | None:
+        """The signal to stop on after this step, if any. One process stops after the step it
+        was signalled in; under torchrun the ranks agree on report steps (an all-reduce of the
+        signal number, piggybacking on the loss's), so that all stop after the same step."""
+        if not self.env.enabled:
+            return stop.signum
+        if not report:
+            return None
+        flag = torch.tensor([stop.signum or 0], device=self.env.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item()) or None
+
+    def _interrupted(self, signum: int) -> RunInterrupted:
+        name = signal_name(signum)
+        ckpt = checkpoint.latest_checkpoint(self.run_dir / "ckpt")
+        if self.env.is_main:
+            runs.append_history(self.run_dir, "interrupted", signal=name, step=self.step)
+        return RunInterrupted(
+            f"{name}: stopped after step {self.step} of {self.cfg.max_steps}; checkpoint {ckpt}\n"
+            f"resume with: {runs.resume_command(self.run_dir, self.env.world_size)}",
+            signum,
+            step=self.step,
+        )
 
     def _postfix(self, metrics: dict[str, float]) -> dict[str, str]:
         postfix = {"loss": f"{metrics['loss']:.3f}", "tok/s": f"{metrics['tok_per_s'] / 1000:.1f}k"}
@@ -366,30 +508,126 @@ class Trainer:
 
 
 def train(
-    spec: ResolvedSpec, run_dir: Path | None = None, resume: bool = False, quiet: bool = False
+    spec: ResolvedSpec,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    on_start: Callable[[Path], None] | None = None,
+    from_step: int | None = None,
 ) -> dict[str, Any]:
-    """Train ``spec``; a new run directory unless ``run_dir`` is given (or resumed)."""
-    import os
+    """Train ``spec`` into a new directory under its ``out_dir``, or into ``run_dir`` (which must
+    not hold a run yet), or continue the run in ``run_dir`` (``resume``; from its checkpoint of
+    ``from_step`` if given, else ``latest``).
 
+    Rank 0 holds the directory's lock for the whole run (a second writer gets exit 2) and calls
+    ``on_start(run_dir)`` once it has it. A new run that fails before its first step leaves
+    nothing behind. SIGINT/SIGTERM stop the run at once before the loop and after the current
+    step and a checkpoint inside it (:class:`RunInterrupted`).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if run_dir is None:
-        if world > 1:
-            raise MdmError("under torchrun pass --run-dir so that every rank writes to the same run")
-        run_dir = runs.new_run_dir(spec.run.out_dir, spec.run.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(spec, run_dir, quiet=quiet)
-    try:
-        if rank == 0 and not resume:
-            runs.write_run_files(
-                run_dir,
-                spec,
-                trainer.registry,
-                runs.environment(str(trainer.env.device), trainer.env.world_size),
-            )
-            save_run_data(run_dir, trainer.parts.bundle)
-        summary = trainer.fit(resume=resume)
-    finally:
-        distributed.teardown()
+    main = int(os.environ.get("RANK", "0")) == 0
+    changes: dict[str, tuple[Any, Any]] = {}
+    if resume:
+        if run_dir is None:
+            raise MdmError("--resume: name the run directory to continue", exit_code=2)
+        runs.check_resumable(run_dir)
+        changes = runs.resume_changes(run_dir, spec)  # refused before anything is loaded
+    elif run_dir is None and world > 1:
+        raise MdmError("under torchrun pass --run-dir so that every rank writes to the same run", exit_code=2)
+    lock: RunLock | None = None
+    trainer: Trainer | None = None
+    before: frozenset[str] | None = None
+    with StopSignals() as signals:
+        try:
+            if main:
+                run_dir, lock, before = _claim(spec, run_dir, resume)
+                if on_start is not None:
+                    on_start(run_dir)
+            assert run_dir is not None
+            trainer = Trainer(spec, run_dir, quiet=quiet)
+            if resume:
+                trainer.resume(from_step)
+                if main:
+                    runs.record_resume(run_dir, spec, changes, trainer.step)
+            elif main:
+                env = runs.environment(str(trainer.env.device), trainer.env.world_size)
+                runs.write_run_files(run_dir, spec, trainer.registry, env)
+                save_run_data(run_dir, trainer.parts.bundle)
+                runs.append_history(run_dir, "start", overrides=spec.overrides)
+            summary = trainer.fit(signals=signals)
+        except BaseException as exc:
+            if lock is None or run_dir is None:
+                raise
+            untrained = not resume and (trainer is None or trainer.step == 0)
+            if untrained:
+                runs.remove_created(run_dir, before)
+            if isinstance(exc, RunInterrupted) and exc.step is None:
+                removed = _what(run_dir, before) if untrained else None
+                raise _stopped_outside_loop(exc, run_dir, trainer, removed) from None
+            if untrained:
+                print(
+                    f"note: the run failed before its first step; removed {_what(run_dir, before)}",
+                    file=sys.stderr,
+                )
+            raise
+        finally:
+            distributed.teardown()
+            if lock is not None:
+                lock.release()
     summary["run_dir"] = str(run_dir)
     return summary
+
+
+def _claim(
+    spec: ResolvedSpec, run_dir: Path | None, resume: bool
+) -> tuple[Path, RunLock, frozenset[str] | None]:
+    """Create or open the run directory and lock it (a new run: only if it holds no run yet);
+    also what it held before this run (``None``: this run created it), so that a run that never
+    trains removes only its own files."""
+    if run_dir is None:
+        run_dir, existed = runs.new_run_dir(spec.run.out_dir, spec.run.name), False
+    else:
+        existed = runs.make_run_dir(run_dir)
+    had_lock_file = (run_dir / "run.lock").exists()
+    lock = RunLock(run_dir)
+    note = lock.acquire()
+    if note:
+        print(note, file=sys.stderr)
+    if not resume:
+        try:
+            runs.refuse_existing_run(run_dir)
+        except MdmError:
+            if not had_lock_file:
+                lock.path.unlink()
+            lock.release()
+            raise
+    before = runs.entries(run_dir) if existed else None
+    if before is not None and not had_lock_file:
+        before = before - {lock.path.name}
+    return run_dir, lock, before
+
+
+def _what(run_dir: Path, before: frozenset[str] | None) -> str:
+    return str(run_dir) if before is None else f"what it had written in {run_dir}"
+
+
+def _stopped_outside_loop(
+    exc: RunInterrupted, run_dir: Path, trainer: Trainer | None, removed: str | None
+) -> RunInterrupted:
+    """The message for a signal outside the training loop, where nothing was being written;
+    ``removed`` says what was removed of a new run that never trained."""
+    name = signal_name(exc.signum)
+    world = trainer.env.world_size if trainer is not None else 1
+    if removed is not None:
+        text = f"{name} before the first step: nothing was trained; removed {removed}"
+    elif trainer is not None and trainer.step >= trainer.cfg.max_steps:
+        text = (
+            f"{name} while finishing (summary, samples); all {trainer.step} steps are checkpointed\n"
+            f"finish with: {runs.resume_command(run_dir, world)}"
+        )
+    else:
+        text = (
+            f"{name} before training resumed; nothing was lost\n"
+            f"resume with: {runs.resume_command(run_dir, world)}"
+        )
+    return RunInterrupted(text, exc.signum)

@@ -85,7 +85,7 @@ def test_a_sampler_without_the_process_structure_is_refused_naming_both() -> Non
     message = str(info.value)
     assert info.value.exit_code == 2
     assert message.startswith("run.yaml: ")
-    assert "sampler 'confidence' (mdm-core " in message, "the built-in sampler is attributed to mdm-core"
+    assert "sampler 'confidence' (mdm-diffusion " in message, "the built-in sampler names its distribution"
     assert "forward process 'block_absorbing'" in message and "'blocks'" in message
     check_composition(parts(BlockProcess, BlockSampler), "run.yaml")
 

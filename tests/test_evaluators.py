@@ -77,8 +77,8 @@ class IIDSource(DataSource):
         split = datasets.Dataset.from_dict({"input_ids": ids.tolist()})
         return DatasetBundle(splits={"train": split, "validation": split}, tokenizer=Letters(), seq_len=12)
 
-    def true_nll(self, tokens: Tensor) -> float:
-        return math.log(VOCAB.num_regular)
+    def sample_quality(self, tokens: Tensor) -> dict[str, float]:
+        return {"true_nll": math.log(VOCAB.num_regular), "impossible_frac": 0.0}
 
 
 def shape(length: int, seed: int = 0) -> RunShape:
@@ -159,10 +159,10 @@ def test_sample_evaluator_reports_nfe_entropy_and_true_nll() -> None:
     ctx.data_source = source
     evaluator = SampleEvaluator(SampleEvaluator.Params(num_samples=3))
     metrics = evaluator.evaluate(ctx)
-    assert set(metrics) == {"samples/nfe", "samples/entropy", "samples/true_nll"}
+    assert set(metrics) == {"samples/nfe", "samples/entropy", "samples/true_nll", "samples/impossible_frac"}
     assert 1 <= metrics["samples/nfe"] <= 16
     assert 0 <= metrics["samples/entropy"] <= math.log(4) + 1e-12
-    assert metrics["samples/true_nll"] == math.log(4)
+    assert metrics["samples/true_nll"] == math.log(4) and metrics["samples/impossible_frac"] == 0.0
     # One sequence of length 3 (params override the data's length) holds at most 3 distinct
     # tokens, and the cached ancestral sampler needs at most length + 1 model calls.
     ctx.data_source = None

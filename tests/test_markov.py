@@ -117,3 +117,21 @@ def test_bad_params_are_rejected() -> None:
         MarkovSource.Params(vocab_size=1)
     with pytest.raises(pydantic.ValidationError, match="extra"):
         MarkovSource.Params(states=3)  # type: ignore[call-arg]
+
+
+def test_sample_quality_splits_possible_and_impossible_transitions() -> None:
+    source = MarkovSource(MarkovSource.Params(vocab_size=5, branching=2, num_train=1, num_val=1))
+    chain = source.chain
+    p = chain.dense()
+    a = int(np.argmax(chain.stationary))
+    b, impossible = int(np.argmax(p[a])), int(np.argmin(p[a]))
+    assert p[a, impossible] == 0
+    good = torch.tensor([[a, b]])
+    assert source.sample_quality(good) == {
+        "true_nll": pytest.approx(source.true_nll(good), rel=1e-12),
+        "impossible_frac": 0.0,
+    }
+    mixed = source.sample_quality(torch.tensor([[a, b], [a, impossible]]))
+    assert mixed["impossible_frac"] == pytest.approx(0.25)
+    three = -(2 * math.log(chain.stationary[a]) + math.log(p[a, b])) / 3
+    assert mixed["true_nll"] == pytest.approx(three, rel=1e-12)

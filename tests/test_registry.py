@@ -40,7 +40,7 @@ GOOD: dict[str, Any] = {
     "version": "0.1.0",
     "summary": "cosine-shaped time sampling",
     "components": {"time_sampler": ["cosine_t"]},
-    "core": "mdm-core>=0.2,<0.3",
+    "core": "mdm-diffusion>=0.2,<0.3",
     "source": "https://example.org/mdm-plugin-cosine-t",
     "status": "third-party",
 }
@@ -182,7 +182,7 @@ def test_every_first_party_plugin_is_catalogued_truthfully() -> None:
             continue
         project = tomllib.loads((ROOT / entry.source / "pyproject.toml").read_text())["project"]
         assert (project["name"], project["version"]) == (entry.distribution, entry.version)
-        core = next(Requirement(r) for r in project["dependencies"] if r.startswith("mdm-core"))
+        core = next(Requirement(r) for r in project["dependencies"] if r.startswith("mdm-diffusion"))
         assert core.specifier == Requirement(entry.core).specifier, entry.distribution
         plugin = installed[entry.distribution]
         declared: dict[str, list[str]] = {}
@@ -190,7 +190,7 @@ def test_every_first_party_plugin_is_catalogued_truthfully() -> None:
             declared.setdefault(ref.kind, []).append(ref.name)
         assert dict(entry.components) == declared, entry.distribution
         assert plugin.version == entry.version
-        assert entry.admits(core_version()), f"{entry.distribution} does not admit mdm-core {core_version()}"
+        assert entry.admits(core_version()), f"{entry.distribution} does not admit core {core_version()}"
 
 
 @pytest.mark.parametrize(
@@ -202,7 +202,7 @@ def test_every_first_party_plugin_is_catalogued_truthfully() -> None:
         ({"components": {"time_sampler": []}}, "components"),
         ({"components": {"time_sampler": ["cosine-t"]}}, "components"),
         ({"core": "torch>=2"}, "core"),
-        ({"core": "mdm-core>=0.1,<<0.2"}, "core"),
+        ({"core": "mdm-diffusion>=0.1,<<0.2"}, "core"),
         ({"status": "official"}, "status"),
         ({"homepage": "https://example.org"}, "homepage"),
     ],
@@ -254,7 +254,7 @@ def test_compare_installed_against_the_catalogue() -> None:
         "status": "not installed",
     }
     assert rows["mdm-plugin-dit"]["status"] == "not catalogued"
-    assert "mdm-core" not in rows
+    assert "mdm-diffusion" not in rows
 
 
 def test_plugins_command_compares_with_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
@@ -272,9 +272,9 @@ def test_matrix_files(tmp_path: Path) -> None:
     ]  # fmt: skip
     cells[0] = cells[0].model_copy(update={"status": "pass", "seconds": 12.3})
     cells[4] = cells[4].model_copy(update={"status": "fail", "seconds": 40.0})
-    write_matrix(cells, tmp_path, environment={"mdm-core": "0.1.0", "torch": "2.13.0"})
+    write_matrix(cells, tmp_path, environment={"mdm-diffusion": "0.1.0", "torch": "2.13.0"})
     md = (tmp_path / "matrix.md").read_text()
-    assert "mdm-core 0.1.0, torch 2.13.0" in md
+    assert "mdm-diffusion 0.1.0, torch 2.13.0" in md
     assert "| **a** | pass | not yet generated | **FAIL** |" in md
     assert "| **c** | **FAIL** | not yet generated | not yet generated |" in md
     assert "| a + c | composed training run | **FAIL** | 40 |" in md
@@ -294,7 +294,7 @@ def test_the_module_command_writes_schema_and_matrix(tmp_path: Path) -> None:
     results.write_text(json.dumps([{"plugins": ["x"], "check": "own tests", "status": "pass", "seconds": 1}]))
     assert registry_main(["matrix", str(results), str(tmp_path)]) == 0
     written = json.loads((tmp_path / "matrix.json").read_text())
-    assert written["environment"]["mdm-core"] == core_version() and written["environment"]["device"]
+    assert written["environment"]["mdm-diffusion"] == core_version() and written["environment"]["device"]
     assert "| **x** | pass |" in (tmp_path / "matrix.md").read_text()
     (tmp_path / "plugins" / "mdm-plugin-bell.toml").write_text('status = "official"\n')
     assert registry_main(["schema", str(tmp_path)]) == 2

@@ -118,12 +118,12 @@ def test_the_distribution_declares_core_range_classifier_and_entry_point(
     root, site = scaffolded
     project = tomllib.loads((root / "mdm-plugin-my-loss" / "pyproject.toml").read_text())["project"]
     assert project["name"] == "mdm-plugin-my-loss"
-    assert project["dependencies"] == [CORE_REQUIREMENT] == ["mdm-core>=0.2,<0.3"]
+    assert project["dependencies"] == [CORE_REQUIREMENT] == ["mdm-diffusion>=0.2,<0.3"]
     assert project["classifiers"] == ["Framework :: MDM"]
     assert project["entry-points"]["mdm"] == {"my_loss": "mdm_plugin_my_loss"}
     installed = next(d for d in metadata.distributions(path=[str(site)]) if d.name == "mdm-plugin-my-loss")
     required = [Requirement(r) for r in installed.requires or [] if "extra ==" not in r]
-    assert [(r.name, r.specifier) for r in required] == [("mdm-core", SpecifierSet(">=0.2,<0.3"))]
+    assert [(r.name, r.specifier) for r in required] == [("mdm-diffusion", SpecifierSet(">=0.2,<0.3"))]
     assert core_version() in required[0].specifier
     assert "Framework :: MDM" in installed.metadata.get_all("Classifier", [])
     assert [(ep.group, ep.name, ep.value) for ep in installed.entry_points] == [
@@ -139,7 +139,7 @@ def test_the_distribution_declares_core_range_classifier_and_entry_point(
         ("double--dash", "loss", "cannot name a plug-in"),
         ("class", "loss", "cannot name a plug-in"),
         ("ok", "optimizer", "unknown --kind 'optimizer'"),
-        ("uniform", "time_sampler", "already registered by mdm-core"),
+        ("uniform", "time_sampler", "already registered by mdm-diffusion"),
     ],
 )
 def test_bad_requests_are_refused_clearly(name: str, kind: str, message: str, tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def test_misspelled_component_name_suggests(tiny_spec: Path) -> None:
         load_spec(tiny_spec, ["time_sampler.name=unifrom"])
     msg = str(info.value)
     assert "no time sampler called 'unifrom'" in msg and "did you mean 'uniform'" in msg
-    assert "uniform (mdm-core" in msg and "installed:" in msg
+    assert "uniform (mdm-diffusion" in msg and "installed:" in msg
 
 
 def test_unknown_component_parameter_lists_parameters(tiny_spec: Path) -> None:
@@ -70,7 +70,7 @@ def test_unknown_component_parameter_lists_parameters(tiny_spec: Path) -> None:
         load_spec(tiny_spec, ["forward_process.schedul=cosine"])
     msg = str(info.value)
     assert "forward_process.schedul: unknown parameter of 'absorbing'" in msg
-    assert "did you mean 'schedule'" in msg and "mdm-core" in msg
+    assert "did you mean 'schedule'" in msg and "mdm-diffusion" in msg
 
 
 def test_error_names_the_file_that_set_the_key(tmp_path: Path, tiny_spec: Path) -> None:
@@ -97,14 +97,14 @@ def test_bad_value_and_bad_yaml_and_missing_file(tmp_path: Path, tiny_spec: Path
 
 def test_requires_checks_installed_versions(tmp_path: Path, tiny_spec: Path) -> None:
     ok = tmp_path / "ok.yaml"
-    ok.write_text(f"base: {tiny_spec}\nrequires: ['mdm-core>=0.1']\n")
+    ok.write_text(f"base: {tiny_spec}\nrequires: ['mdm-diffusion>=0.1']\n")
     load_spec(ok)
     missing = tmp_path / "missing.yaml"
     missing.write_text(f"base: {tiny_spec}\nrequires: ['mdm-plugin-nonexistent>=1']\n")
     with pytest.raises(SpecError, match="not installed"):
         load_spec(missing)
     too_new = tmp_path / "new.yaml"
-    too_new.write_text(f"base: {tiny_spec}\nrequires: ['mdm-core>=99']\n")
+    too_new.write_text(f"base: {tiny_spec}\nrequires: ['mdm-diffusion>=99']\n")
     with pytest.raises(SpecError, match="is installed"):
         load_spec(too_new)
 

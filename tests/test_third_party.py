@@ -154,7 +154,7 @@ def test_strict_mode_fails_clearly_and_disabling_hides_the_plugin(site: Path) ->
     assert "mdm-plugin-broken" not in hidden and "mdm-plugin-dup-b" not in hidden
     assert hidden["mdm-plugin-dup-a"]["error"] is None and hidden["_conflicts"] == []
     only = listing(site, MDM_LOAD_PLUGINS="cosine_t")
-    assert set(only) == {"_conflicts", "mdm-core", "mdm-plugin-cosine-t"}
+    assert set(only) == {"_conflicts", "mdm-diffusion", "mdm-plugin-cosine-t"}
 
 
 def test_a_name_registered_twice_names_both_distributions(site: Path) -> None:

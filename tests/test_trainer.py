@@ -49,7 +49,7 @@ def test_run_directory_holds_everything(tiny_spec: Path) -> None:
     ):
         assert (run_dir / name).is_file(), name
     lock = (run_dir / "plugins.lock").read_text()
-    assert "mdm-core==" in lock and "backbone dit -> mdm-plugin-dit" in lock
+    assert "mdm-diffusion==" in lock and "backbone dit -> mdm-plugin-dit" in lock
     assert json.loads((run_dir / "overrides.json").read_text())["overrides"] == ["trainer.ema=0.9"]
     assert [s for s, _ in _evals(run_dir)] == [4, 8]
     assert summary["final"]["val/nll"] == pytest.approx(_evals(run_dir)[-1][1])

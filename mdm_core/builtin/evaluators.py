@@ -70,7 +70,9 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def float64_sum(device: torch.device) -> SumMetric:
-    metric = SumMetric()
+    """A float64 sum that keeps NaN/Inf (torchmetrics drops NaN by default, which would score an
+    all-NaN model as a perfect one); the caller reports a non-finite result."""
+    metric = SumMetric(nan_strategy="disable")
     metric.set_dtype(torch.float64)
     metric.to(device)
     # An update on every rank, even one with no batches, keeps the DDP reduction collective.
@@ -133,11 +135,16 @@ class NLLEvaluator(Evaluator):
         if count == 0:
             raise MdmError("nll evaluator: the validation set has no non-pad, non-prompt tokens to score")
         nll = total / count
-        return {"nll": nll, "bpt": nll / math.log(2.0), "ppl": math.exp(nll)}
+        ppl = math.exp(nll) if nll < math.log(torch.finfo(torch.float64).max) else math.inf
+        return {"nll": nll, "bpt": nll / math.log(2.0), "ppl": ppl}
 
 
 class SampleEvaluator(Evaluator):
-    """Generate with the run's sampler: mean NFE, unigram entropy, and the source's NLL if known."""
+    """Generate with the run's sampler: mean NFE, unigram entropy, and the source's exact judgement.
+
+    A data source that knows its true law (the Markov source) offers ``sample_quality(tokens)``;
+    its metrics (``true_nll`` over possible transitions, ``impossible_frac``) are reported here.
+    """
 
     name = "samples"
 
@@ -160,9 +167,9 @@ class SampleEvaluator(Evaluator):
         )
         tokens = out.tokens.cpu()
         metrics = {"samples/nfe": float(out.nfe), "samples/entropy": unigram_entropy(tokens, ctx.vocab.size)}
-        true_nll: Any = getattr(ctx.data_source, "true_nll", None)
-        if callable(true_nll):
-            metrics["samples/true_nll"] = float(true_nll(tokens))
+        judge: Any = getattr(ctx.data_source, "sample_quality", None)
+        if callable(judge):
+            metrics.update({f"samples/{k}": float(v) for k, v in judge(tokens).items()})
         return metrics
 
 

@@ -15,6 +15,7 @@ Construction (all from the corpus ``seed``, never the training seed):
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -181,3 +182,17 @@ class MarkovSource(DataSource):
                 f"(PAD = {n} and MASK = {n + 1} are not symbols; samples must be fully unmasked)"
             )
         return float(-self.chain.log_prob(seqs.numpy()).mean())
+
+    def sample_quality(self, tokens: Tensor) -> dict[str, float]:
+        """The exact judge of generated text: ``true_nll`` (mean NLL per token of the transitions
+        the chain can make, nats) and ``impossible_frac`` (share of transitions it never makes).
+
+        Split in two so both stay finite: one impossible transition makes :meth:`true_nll` inf,
+        which says nothing about how far the rest of the samples are from the chain.
+        """
+        self.true_nll(tokens)  # validates the ids with a clear error
+        seqs = torch.as_tensor(tokens).detach().cpu().long()
+        logp = self.chain.log_prob((seqs if seqs.dim() == 2 else seqs[None]).numpy())
+        possible = np.isfinite(logp)
+        true_nll = float(-logp[possible].mean()) if possible.any() else math.nan
+        return {"true_nll": true_nll, "impossible_frac": float(1.0 - possible.mean())}

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 
 import datasets
 import numpy as np
+import pyarrow
 from pydantic import Field
 
 from mdm_core.data.loader import rows_dataset
@@ -26,6 +27,39 @@ DOC_SEPARATOR = "\n"
 
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 _BUILDERS = {"text": "text", "jsonl": "json", "parquet": "parquet"}
+#: Every parquet file starts (and ends) with these four bytes.
+_PARQUET_MAGIC = b"PAR1"
+
+
+def _sniff(path: Path) -> str:
+    """What the file's first bytes say it is: ``parquet`` (its magic bytes), ``jsonl`` (the first
+    non-empty line opens a JSON object or array) or ``text``."""
+    with path.open("rb") as f:
+        head = f.read(1 << 16)
+    if head.startswith(_PARQUET_MAGIC):
+        return "parquet"
+    first = next((line for line in head.decode("utf-8", "replace").splitlines() if line.strip()), "")
+    return "jsonl" if first.lstrip().startswith(("{", "[")) else "text"
+
+
+def _check_format(path: Path, fmt: str, chosen_by: str) -> None:
+    """Refuse a format the file cannot be (or, for JSON lines read as text, should not be) read
+    as, naming the file, the format and the fix; no run trains on a parquet file's raw bytes."""
+    found = _sniff(path)
+    if fmt == found:
+        return
+    suffix_says = _SUFFIX_FORMATS.get(path.suffix.lower(), "text")
+    mismatch = (
+        (fmt == "parquet" or found == "parquet")
+        or (fmt == "jsonl" and found == "text")
+        or (fmt == "text" and found == "jsonl" and suffix_says == "jsonl")
+    )
+    if mismatch:
+        hint = "or give the file its real suffix" if chosen_by.startswith("chosen") else "or auto"
+        raise SpecError(
+            f"data.format: {path} looks like {found}, not {fmt} ({chosen_by}); set data.format={found} "
+            f"({hint}: auto picks by suffix, .jsonl/.json, .parquet, anything else text)"
+        )
 
 
 def _chunk(ids: list[int], seq_len: int, split: str, where: str) -> np.ndarray:
@@ -103,10 +137,14 @@ class TextFileSource(DataSource):
         if not path.is_file():
             raise SpecError(f"data.path: file not found: {path} (relative paths are read from {Path.cwd()})")
         fmt = self.resolved_format(path)
+        chosen_by = (
+            f"data.format={p.format}" if p.format != "auto" else f"chosen by its suffix '{path.suffix}'"
+        )
+        _check_format(path, fmt, chosen_by)
         kwargs = {"sample_by": "document"} if fmt == "text" else {}
         try:
             ds = datasets.load_dataset(_BUILDERS[fmt], data_files=str(path), split="train", **kwargs)
-        except datasets.exceptions.DatasetGenerationError as exc:
+        except (datasets.exceptions.DatasetGenerationError, pyarrow.ArrowException) as exc:
             cause = exc.__cause__ or exc
             raise SpecError(
                 f"data.path: could not read {path} as {fmt} ({type(cause).__name__}: {cause}); "

@@ -85,7 +85,9 @@ def _same_example(a: TrainingExample, b: TrainingExample, law: str) -> None:
         require(same, f"{law}: field {key} differs")
 
 
-def _check_example(example: TrainingExample, batch: Batch, vocab: Vocab, stateful: bool) -> None:
+def _check_example(
+    example: TrainingExample, batch: Batch, vocab: Vocab, stateful: bool, per_token: bool = True
+) -> None:
     size, length = batch.input_ids.shape
     ids = example.input_ids
     require(not ids.is_floating_point() and ids.dim() == 2, "input_ids must be an integer [B, L'] tensor")
@@ -103,11 +105,27 @@ def _check_example(example: TrainingExample, batch: Batch, vocab: Vocab, statefu
     norm = example.normaliser
     require(norm.numel() == 1 and torch.isfinite(norm).all() and (norm > 0).all(), "normaliser must be > 0")
     require(example.t.shape[0] == size and torch.isfinite(example.t).all(), "t must be finite with B rows")
-    z = ids[:, :length]
-    masked = z == vocab.mask_id
-    require(not (mask & ~masked).any(), "loss_mask marks a position whose input is not MASK")
     goal = example.targets[mask]
     require(((goal >= 0) & (goal < vocab.num_regular)).all(), "targets on the loss mask must be regular ids")
+    if not stateful:
+        eligible = batch.attention_mask & ~batch.prompt_mask
+        require(not (mask & ~eligible).any(), "loss_mask must stay on non-pad, non-prompt positions")
+    z = ids[:, :length]
+    masked = z == vocab.mask_id
+    if not per_token:
+        if not stateful:
+            require(torch.equal(example.targets, batch.input_ids), "targets must equal the clean batch ids")
+    else:
+        _check_token_masking(example, batch, z, masked, stateful)
+    _check_layout(example, size)
+
+
+def _check_token_masking(
+    example: TrainingExample, batch: Batch, z: Tensor, masked: Tensor, stateful: bool
+) -> None:
+    """The absorbing-style laws: the loss is on exactly the MASK inputs, everything else is clean."""
+    mask = example.loss_mask
+    require(not (mask & ~masked).any(), "loss_mask marks a position whose input is not MASK")
     require(torch.equal(z[~masked], example.targets[~masked]), "unmasked inputs must equal the clean targets")
     if not stateful:
         require(torch.equal(example.targets, batch.input_ids), "targets must equal the clean batch ids")
@@ -117,6 +135,10 @@ def _check_example(example: TrainingExample, batch: Batch, vocab: Vocab, statefu
         require(
             torch.equal(mask, masked), "loss_mask must mark exactly the masked non-pad non-prompt positions"
         )
+
+
+def _check_layout(example: TrainingExample, size: int) -> None:
+    ids = example.input_ids
     layout = example.layout
     require(isinstance(layout, AttentionLayout), "layout must be an AttentionLayout")
     if layout.key_padding is not None:
@@ -155,12 +177,17 @@ def _copy_state(value: Any) -> Any:
     return value.clone() if isinstance(value, Tensor) else value
 
 
-def check_forward_process(make: MakeProcess, *, max_examples: int = 30) -> None:
+def check_forward_process(make: MakeProcess, *, max_examples: int = 30, per_token: bool = True) -> None:
     """Shapes, loss mask = masked non-pad non-prompt positions, finite weights, determinism,
     ``state_dict`` round trip, the time sampler's ``loss_weight`` applied (a sampler with weight 2
     must double the weights and change nothing else), ``inference()`` consistent with
     ``structure(params)`` (and α_t inverted by ``time_of_alpha``), and (unless ``stateful``)
-    masking that grows with t from ~0. ``make(shape)`` builds the process for a run shape."""
+    masking that grows with t from ~0. ``make(shape)`` builds the process for a run shape.
+
+    ``per_token=False`` is for processes whose masking is not absorbing-style token by token
+    (whole blocks with teacher-forced inputs, every target at once as in autoregression): the
+    MASK-input laws and the masking-grows-with-t law are skipped; the loss mask must still stay
+    on non-pad, non-prompt positions and everything else is checked."""
     uniform = UniformTimeSampler()
 
     @law_settings(max_examples)
@@ -171,7 +198,7 @@ def check_forward_process(make: MakeProcess, *, max_examples: int = 30) -> None:
         shape = shape_of(batch, vocab)
         process = make(shape)
         example = process.prepare(batch, uniform, generator(seed))
-        _check_example(example, batch, vocab, process.stateful)
+        _check_example(example, batch, vocab, process.stateful, per_token)
         again = make(shape).prepare(batch, uniform, generator(seed))
         _same_example(example, again, "same seed must give the same example")
         weighted = make(shape).prepare(batch, WeightedUniform(), generator(seed))
@@ -192,7 +219,7 @@ def check_forward_process(make: MakeProcess, *, max_examples: int = 30) -> None:
     vocab = Vocab(size=12, pad_id=10, mask_id=11)
     process = make(RunShape(vocab=vocab, seq_len=16, batch_size=4))
     _check_inference(process)
-    if not process.stateful:
+    if per_token and not process.stateful:
         _check_masking_grows(make)
 
 

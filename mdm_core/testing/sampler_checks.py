@@ -31,7 +31,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mdm_core.builtin.absorbing import AbsorbingProcess
-from mdm_core.interfaces import RunShape, Sampler, SamplingContext, Vocab
+from mdm_core.interfaces import ForwardProcess, RunShape, Sampler, SamplingContext, Vocab
 from mdm_core.testing.backbone_checks import TinyBackbone
 from mdm_core.testing.laws import generator, law_settings, require
 from mdm_core.testing.oracle import OracleBackbone, OracleChain
@@ -49,6 +49,13 @@ def tv_tolerance(probs: torch.Tensor, num: int, bias: float = 0.0, delta: float 
     return bias + expected + math.sqrt(math.log(1.0 / delta) / (2.0 * num))
 
 
+MakeProcess = Callable[[RunShape], ForwardProcess]
+
+
+def _absorbing(schedule: str) -> MakeProcess:
+    return lambda shape: AbsorbingProcess(AbsorbingProcess.Params(schedule=schedule), shape)
+
+
 def check_sampler(
     make: Callable[[], Sampler],
     *,
@@ -56,6 +63,8 @@ def check_sampler(
     exact: bool = False,
     bias: float = 0.0,
     samples: int = 8192,
+    process: MakeProcess | None = None,
+    infilling: bool = True,
 ) -> None:
     """On a tiny real backbone: [N, L] regular ids (no MASK/PAD), prompt kept, integer NFE ≥ 0,
     same seed ⇒ same samples, and the model's train/eval mode left as it was.
@@ -65,6 +74,11 @@ def check_sampler(
     length-4 chain match the chain's joint, unprompted and with one interior position fixed
     (infilling), within the total-variation tolerance above; ``bias`` is the caller's bound on
     TV(sampler's law, joint) for its configuration.
+
+    ``process(shape)`` builds the forward process whose inference record the sampler receives
+    (default: the built-in absorbing process, log-linear or cosine), so samplers of other
+    structures (block-causal, …) are checked under their own record; ``infilling=False`` skips the
+    oracle's infilling case for samplers that cannot condition on a later token (left-to-right).
     """
 
     @law_settings(max_examples)
@@ -84,8 +98,8 @@ def check_sampler(
         shape = RunShape(vocab=vocab, seq_len=length, batch_size=num)
         model = TinyBackbone(TinyBackbone.Params(uses_time=uses_time, seed=seed), shape)
         model.train(training)
-        schedule = "cosine" if cosine else "loglinear"
-        ctx = SamplingContext.of(AbsorbingProcess(AbsorbingProcess.Params(schedule=schedule), shape), "cpu")
+        make_process = process or _absorbing("cosine" if cosine else "loglinear")
+        ctx = SamplingContext.of(make_process(shape), "cpu")
         g = generator(seed)
         prompt = torch.randint(0, vocab.num_regular, (num, length), generator=g) if prompted else None
         prompt_mask = torch.rand((num, length), generator=g) < 0.4 if prompted else None
@@ -107,21 +121,31 @@ def check_sampler(
 
     laws()
     if exact:
-        check_oracle_law(make, bias=bias, samples=samples)
+        check_oracle_law(make, bias=bias, samples=samples, process=process, infilling=infilling)
 
 
-def check_oracle_law(make: Callable[[], Sampler], *, bias: float = 0.0, samples: int = 8192) -> None:
-    """The sampler reproduces the exact joint of a tiny chain (and its conditional given one
-    fixed interior position) from the chain's exact denoiser; see the module doc."""
+def check_oracle_law(
+    make: Callable[[], Sampler],
+    *,
+    bias: float = 0.0,
+    samples: int = 8192,
+    process: MakeProcess | None = None,
+    infilling: bool = True,
+) -> None:
+    """The sampler reproduces the exact joint of a tiny chain (and, with ``infilling``, its
+    conditional given one fixed interior position) from the chain's exact denoiser; see the
+    module doc. ``process`` as in :func:`check_sampler`."""
     chain = OracleChain.seeded(seed=0, num_states=3, length=4)
     vocab = Vocab(size=chain.num_states + 2, pad_id=chain.num_states, mask_id=chain.num_states + 1)
     shape = RunShape(vocab=vocab, seq_len=chain.length, batch_size=samples)
     model = OracleBackbone(None, shape, chain=chain)
-    ctx = SamplingContext.of(AbsorbingProcess(None, shape), "cpu")
+    ctx = SamplingContext.of((process or _absorbing("loglinear"))(shape), "cpu")
     joint, seqs = chain.joint(), chain.sequences()
 
     out = make().generate(model, ctx, samples, chain.length, generator(0))
     _compare(chain, out.tokens, joint, bias, "unprompted")
+    if not infilling:
+        return
 
     # Infilling: fix the interior position's likeliest value; the law is p(x | x_j = v).
     j = chain.length // 2
