@@ -6,7 +6,10 @@ register twice would otherwise be a conflict, fatal in strict mode. Subprocesses
 setting. Plug-ins a test installs itself (on ``sys.path`` or ``PYTHONPATH``) stay visible.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 import tomllib
 from collections.abc import Callable
 from importlib import metadata
@@ -47,5 +50,9 @@ if foreign := foreign_plugins():
     os.environ["MDM_DISABLE_PLUGINS"] = ",".join(_disabled + foreign)
 # Plug-in load errors fail loudly in tests instead of being reported and skipped.
 os.environ.setdefault("MDM_STRICT_PLUGINS", "1")
+# Shard stores built by tests go to a throwaway folder, never the user's ~/.cache/mdm.
+if "MDM_CACHE_DIR" not in os.environ:
+    os.environ["MDM_CACHE_DIR"] = tempfile.mkdtemp(prefix="mdm-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["MDM_CACHE_DIR"], ignore_errors=True)
 # Tests use tiny tensors: one thread avoids oversubscription on small shared machines.
 torch.set_num_threads(1)

@@ -13,12 +13,17 @@ multi-GB CUDA build by accident. The first-party plug-ins are read from the regi
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import io
 import itertools
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
+import tarfile
 import time
 import tomllib
 from pathlib import Path
@@ -26,6 +31,7 @@ from types import ModuleType
 from typing import Any
 
 import nox
+from packaging.version import Version  # a dependency of nox itself
 
 ROOT = Path(__file__).parent
 TORCH = "torch==2.13.0"
@@ -118,35 +124,103 @@ def _uses(name: str) -> list[str]:
     ]
 
 
+#: Every check runs with plug-in load errors fatal.
+STRICT = {"MDM_STRICT_PLUGINS": "1"}
+
+
 def _timed(session: nox.Session, *args: str) -> tuple[str, float]:
-    """Run a check with plug-in load errors fatal; ("pass" | "fail", seconds)."""
+    """Run a check; ("pass" | "fail", seconds)."""
     start = time.monotonic()
     try:
-        session.run(*args, env={"MDM_STRICT_PLUGINS": "1"})
+        session.run(*args, env=STRICT)
     except nox.command.CommandFailed:
         return "fail", time.monotonic() - start
     return "pass", time.monotonic() - start
 
 
+def _output(session: nox.Session, *args: str) -> str:
+    return str(session.run(*args, silent=True, env=STRICT)).strip()
+
+
+def _refusal(session: nox.Session, command: list[str]) -> tuple[str, str] | None:
+    """``mdm spec validate`` of a pair's spec: None when it accepts the pair, else ("refused",
+    why) on exit 2 (one side would ignore or misuse the other) or ("fail", why) on any other."""
+    done = subprocess.run(
+        [str(Path(session.bin) / command[0]), *command[1:]],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **STRICT},
+    )  # fmt: skip
+    if done.returncode == 0:
+        return None
+    why = next((line for line in done.stderr.splitlines() if line.strip()), f"exit {done.returncode}")
+    return ("refused" if done.returncode == 2 else "fail"), why.removeprefix("error: ")
+
+
+def _core_at(session: nox.Session, version: str) -> Path:
+    """The core's source at the newest commit whose pyproject.toml declares ``version``."""
+    git = functools.partial(subprocess.run, cwd=ROOT, capture_output=True, check=True)
+    for commit in git(["git", "log", "--format=%H", "--", "pyproject.toml"], text=True).stdout.split():
+        project = tomllib.loads(git(["git", "show", f"{commit}:pyproject.toml"], text=True).stdout)["project"]
+        if Version(project["version"]) == Version(version):
+            dest = Path(session.create_tmp()) / f"core-{version}"
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            with tarfile.open(fileobj=io.BytesIO(git(["git", "archive", commit]).stdout)) as archive:
+                archive.extractall(dest, filter="data")
+            return dest
+    session.error(f"no commit declares core version {version}, the oldest one a plug-in supports")
+
+
 @nox.session
 def matrix(session: nox.Session) -> None:
-    """Every plug-in's tests, and every pair composed in a short training run, to registry/.
+    """Every plug-in's tests against the core at its oldest supported version and at main, and
+    every pair composed in a short training run when ``mdm spec validate`` accepts it, to registry/.
 
-    Pairs run the quick-start spec with both plug-ins' components selected; the results are
-    written to registry/matrix.json and registry/matrix.md.
+    The oldest version is the lower bound of the plug-in's catalogued core range; when it is main
+    itself the row says so ("oldest = main") instead of running twice. A pair whose composed spec
+    is refused (exit 2: one side would ignore or misuse the other) is recorded "refused", never
+    "pass"; one filling the same slot "not applicable". Results go to registry/matrix.{json,md}.
     """
     install(session, *PLUGINS)
+    main_version = _output(session, "python", "-c", "import mdm_core; print(mdm_core.__version__)")
+    oldest = {
+        name: _output(session, "python", "-m", "mdm_core.registry_catalog", "oldest", entry["core"])
+        for name, entry in PLUGINS.items()
+    }
     results: list[dict[str, Any]] = []
-    for name, entry in PLUGINS.items():
-        command = ["python", "-m", "pytest", "-q", entry["source"]]
+
+    def own_tests(name: str, core: str) -> None:
+        command = ["python", "-m", "pytest", "-q", PLUGINS[name]["source"]]
         status, seconds = _timed(session, *command)
-        results.append({"plugins": [name], "check": "own tests", "status": status,
+        results.append({"plugins": [name], "check": "own tests", "status": status, "core": core,
                         "seconds": seconds, "command": " ".join(command)})  # fmt: skip
+
+    older = sorted({v for v in oldest.values() if Version(v) != Version(main_version)}, key=Version)
+    for version in older:
+        session.install(str(_core_at(session, version)))  # replaces the editable core for a while
+        for name in [n for n, v in oldest.items() if v == version]:
+            own_tests(name, f"oldest ({version})")
+    if older:
+        session.install("-e", ".[test]")
+    for name in PLUGINS:
+        same = Version(oldest[name]) == Version(main_version)
+        own_tests(name, f"oldest = main ({main_version})" if same else f"main ({main_version})")
+
     runs = Path(session.create_tmp()) / "matrix-runs"
     for a, b in itertools.combinations(PLUGINS, 2):
-        cell = {"plugins": [a, b], "check": "composed training run"}
+        cell = {"plugins": [a, b], "check": "composed training run", "core": f"main ({main_version})"}
         if set(PLUGINS[a]["components"]) & set(PLUGINS[b]["components"]):
             results.append({**cell, "status": "not applicable"})  # both fill the same slot
+            continue
+        unused = [f"mdm-plugin-{n}" for n in (a, b) if not _uses(n)]
+        if unused:  # a run of the pair would not use it: a "pass" would say nothing
+            why = f"{' and '.join(unused)} adds no component a spec selects by name"
+            results.append({**cell, "status": "not applicable", "detail": why})
+            continue
+        validate = ["mdm", "spec", "validate", "specs/quickstart.yaml", *_uses(a), *_uses(b)]
+        refused = _refusal(session, validate)
+        if refused is not None:
+            status, why = refused
+            results.append({**cell, "status": status, "detail": why, "command": " ".join(validate)})
             continue
         run_dir = runs / f"{a}+{b}"
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -206,3 +280,12 @@ def bench(session: nox.Session) -> None:
     install(session, *PLUGINS)
     for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
         session.run("python", str(script.relative_to(ROOT)), *BENCH_QUICK.get(script.name, ["--quick"]))
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """Issue #11's fault campaign (kills, signals, corruption, full disk, concurrent writers,
+    fuzzed specs) against the real CLI, to benchmarks/results/faults; ~25 min on 2 cores."""
+    install(session, *PLUGINS)
+    args = ["--kills", "60", "--fuzz", "600", "--out", "benchmarks/results/faults"]
+    session.run("python", "benchmarks/faults.py", *args, *session.posargs)

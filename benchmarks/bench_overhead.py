@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mdm_core.data.loader import rows_tensor
 from mdm_core.errors import MdmError
 from mdm_core.spec import ResolvedSpec, load_spec
 from mdm_core.trainer import Trainer
@@ -155,7 +156,7 @@ def build(spec_path: Path, overrides: list[str], device: str, run_dir: Path) -> 
 
     bare = BareLoop(
         model,
-        trainer.stream.ids,
+        rows_tensor(trainer.parts.bundle.splits["train"]).to(trainer.env.device),
         cfg.batch_size,
         trainer.shape.vocab.mask_id,
         trainer.shape.vocab.pad_id,

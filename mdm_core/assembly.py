@@ -156,17 +156,20 @@ class LoadedRun:
     step: int
 
 
-def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> LoadedRun:
+def load_run(
+    run_dir: str | Path, device: str | torch.device | None = None, step: int | None = None
+) -> LoadedRun:
     """Rebuild a trained run from its directory: spec, tokenizer, validation split, checkpoint.
 
     The data source is constructed from its params (evaluators may use it, e.g. the Markov
-    chain) but never loaded; the run shape is rank 0's shape in training.
+    chain) but never loaded; the run shape is rank 0's shape in training. ``step``: that
+    checkpoint instead of the latest (verified like a resume).
     """
     run_dir = Path(run_dir)
     if not (run_dir / "resolved.yaml").is_file():
         raise MdmError(f"{run_dir} is not a run directory (no resolved.yaml)", exit_code=2)
     spec = load_spec(run_dir / "resolved.yaml")
-    point = checkpoint.resume_point(run_dir / "ckpt")  # verified; a damaged one is exit 3
+    point = checkpoint.resume_point(run_dir / "ckpt", step)  # verified; a damaged one is exit 3
     if point is None:
         raise MdmError(f"{run_dir} has no checkpoint yet")
     if point.note:

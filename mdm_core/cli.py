@@ -107,19 +107,61 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import time
+
     from mdm_core.assembly import load_run  # rebuilds the run without re-reading its corpus
     from mdm_core.evaluation import eval_context, evaluate
+    from mdm_core.pretrained import is_run_dir, load_pretrained
 
-    loaded = load_run(args.run)
-    parts = loaded.parts
-    ctx = eval_context(parts, parts.model, loaded.spec.run.trainer, loaded.device)
-    metrics = evaluate(parts.evaluators, ctx, final=True)
+    if not is_run_dir(args.run):  # an exported model (a folder or a Hub id)
+        if args.ckpt is not None:
+            raise MdmError("eval: --ckpt picks a checkpoint of a run directory; an exported model has one", 2)
+        model = load_pretrained(args.run)
+        evaluators, ctx = model.evaluation(Path(args.data) if args.data else None)
+        step = model.step
+    elif args.data:
+        raise MdmError("eval: --data is for exported models; a run evaluates on its own validation split", 2)
+    else:
+        if args.ckpt is None:
+            loaded = load_run(args.run)
+        else:
+            _check_ckpt_step(Path(args.run), args.ckpt)
+            loaded = load_run(args.run, step=args.ckpt)  # verified like a resume
+        parts = loaded.parts
+        evaluators, step = parts.evaluators, loaded.step
+        ctx = eval_context(parts, parts.model, loaded.spec.run.trainer, loaded.device)
+    print(f"eval: {args.run} at step {step}, {len(evaluators)} evaluator(s)", file=sys.stderr, flush=True)
+    metrics: dict[str, float] = {}
+    for i, evaluator in enumerate(evaluators, 1):
+        start = time.perf_counter()
+        metrics.update(evaluate([evaluator], ctx, final=True))
+        took = time.perf_counter() - start
+        print(f"[{i}/{len(evaluators)}] {evaluator.name} in {took:.1f}s", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(metrics, indent=1))
     else:
+        print(f"{'step':24s} {step}")
         for key, value in metrics.items():
             print(f"{key:24s} {value:.6g}")
     return 0
+
+
+def _check_ckpt_step(run: Path, step: int) -> None:
+    """``--ckpt STEP`` names a written checkpoint, else exit 2 listing the steps there are."""
+    from mdm_core import checkpoint
+
+    ckpt = run / "ckpt"
+    steps = sorted(
+        int(folder.name.removeprefix("step-"))
+        for folder in ckpt.glob("step-*")
+        if (folder / checkpoint.META).is_file() and folder.name.removeprefix("step-").isdigit()
+    )
+    if step not in steps:
+        raise MdmError(
+            f"eval --ckpt {step}: {run} has no checkpoint of step {step}; its checkpoints are of "
+            f"steps {', '.join(map(str, steps)) or '(none)'}",
+            exit_code=2,
+        )
 
 
 def _sample_sampler(args: argparse.Namespace, loaded: Any) -> Any:
@@ -131,13 +173,12 @@ def _sample_sampler(args: argparse.Namespace, loaded: Any) -> Any:
     from mdm_core.plugins import get_registry
     from mdm_core.spec import Component
 
-    spec = loaded.spec
+    current = loaded.components["sampler"]
     if args.sampler is None and args.steps is None:
-        return loaded.parts.sampler
-    name = args.sampler or spec.components["sampler"].name
+        return loaded.sampler
+    name = args.sampler or current.name
     cls = get_registry().load("sampler", name, where="--sampler")
-    params = dict(spec.resolved["sampler"]) if name == spec.components["sampler"].name else {}
-    params.pop("name", None)
+    params = current.params.model_dump() if name == current.name else {}
     if args.steps is not None:
         if "steps" not in cls.Params.model_fields:
             raise SpecError(f"--steps: sampler '{name}' has no steps parameter")
@@ -150,35 +191,37 @@ def _sample_sampler(args: argparse.Namespace, loaded: Any) -> Any:
         flag = "--steps" if key == "steps" and args.steps is not None else f"sampler.{key}"
         raise SpecError(f"{flag}: {err['msg']} (got {err.get('input')!r}) for sampler '{name}'") from None
     chosen = Component("sampler", name, cls, validated, "--sampler")
-    check_composition({"forward_process": spec.components["forward_process"], "sampler": chosen}, "sample")
-    return chosen.build(loaded.parts.shape)
+    check_composition({"forward_process": loaded.components["forward_process"], "sampler": chosen}, "sample")
+    return chosen.build(loaded.shape)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
+    from mdm_core.pretrained import open_model
 
-    from mdm_core.assembly import load_run
-    from mdm_core.interfaces import SamplingContext
-
-    loaded = load_run(args.run)
-    parts, device = loaded.parts, loaded.device
+    loaded = open_model(args.run)  # a run directory, an exported folder or a Hub id
     sampler = _sample_sampler(args, loaded)
-    tokenizer, vocab = parts.bundle.tokenizer, parts.shape.vocab
-    length = args.length or parts.shape.seq_len
-    prompt = prompt_mask = None
-    if args.prompt:
-        ids = tokenizer.encode(args.prompt)[:length]
-        prompt = torch.full((args.num, length), vocab.mask_id, dtype=torch.long)
-        prompt[:, : len(ids)] = torch.tensor(ids)
-        prompt_mask = torch.zeros_like(prompt, dtype=torch.bool)
-        prompt_mask[:, : len(ids)] = True
-        prompt, prompt_mask = prompt.to(device), prompt_mask.to(device)
-    gen = torch.Generator().manual_seed(args.seed)
-    ctx = SamplingContext.of(parts.forward_process, device)
-    out = sampler.generate(parts.model, ctx, args.num, length, gen, prompt=prompt, prompt_mask=prompt_mask)
-    for i, row in enumerate(out.tokens.cpu()):
-        print(f"--- sample {i}\n{tokenizer.decode(row.tolist())}")
+    out = loaded.generate(args.num, args.seed, args.length, args.prompt, sampler)
+    for i, text in enumerate(loaded.decode(out)):
+        print(f"--- sample {i}\n{text}")
     print(f"(NFE {out.nfe}, sampler {type(sampler).name})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mdm_core.export import export_run
+
+    result = export_run(
+        args.run,
+        args.dir,
+        force=args.force,
+        with_data=not args.no_data,
+        push_to_hub=args.push_to_hub,
+        private=args.private,
+    )
+    print(f"exported {args.run} (step {result.step}) to {result.path}")
+    if result.url:
+        print(f"pushed: {result.url}")
+    print(f"next: mdm sample {result.path}")
     return 0
 
 
@@ -188,28 +231,40 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import time
 
-    from mdm_core.sweep import parse_grid, run_sweep
+    from mdm_core.sweep import check_points, parse_grid, run_sweep
 
     grid, fixed = parse_grid(args.assignments)
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-    total = 1
-    for values in grid.values():
-        total *= len(values)
-    done = 0
+    total = check_points(args.spec, grid, fixed)  # a bad point: exit 2 before any run starts
+    print(f"sweep: {total} points, {args.parallel} at a time, into {out} (logs: {out / 'logs'})", flush=True)
+    started, done = time.perf_counter(), 0
 
     def report(point: Any) -> None:
         nonlocal done
         done += 1
-        status = "ok" if point.exit_code == 0 else f"FAILED (exit {point.exit_code}, see {out}/logs)"
-        print(f"[{done}/{total}] {point.label}: {status}", flush=True)
+        left = (time.perf_counter() - started) / done * (total - done)
+        eta = f", about {left:.0f}s left" if done < total else ""
+        if point.exit_code == 0:
+            print(f"[{done}/{total}] {point.label}: ok in {point.seconds:.1f}s{eta}", flush=True)
+            return
+        print(
+            f"[{done}/{total}] {point.label}: FAILED (exit {point.exit_code}) after {point.seconds:.1f}s"
+            f"{eta}; last lines of {point.log}:",
+            flush=True,
+        )
+        for line in point.log_tail():
+            print(f"    {line}", flush=True)
 
     result = run_sweep(
         args.spec, grid, fixed, out, parallel=args.parallel, extra_args=["--quiet"], on_done=report
     )
-    failed = [p for p in result.points if p.exit_code != 0]
-    print(f"sweep: {len(result.points)} runs in {out} ({len(failed)} failed)")
+    if result.failed:
+        labels = "; ".join(p.label for p in result.failed)
+        print(f"sweep: {len(result.failed)} of {total} runs FAILED in {out}: {labels}")
+        return 1
+    print(f"sweep: {total} runs in {out}, all finished")
     print(f"next: mdm compare {out}")
-    return 1 if failed else 0
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -227,10 +282,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out_dir=out,
         metric=args.metric,
         higher_is_better=args.higher_is_better,
+        ci=args.ci,
+        resamples=args.resamples,
+        bootstrap_seed=args.bootstrap_seed,
     )
-    print(comparison.table_text())
-    print(f"plot: {out / 'compare.png'}   table: {out / 'compare.json'}")
+    if args.markdown:
+        print(comparison.markdown(_compare_command(args)))
+    else:
+        print(comparison.table_text())
+    pictures = "compare.png" + (", nll_by_t.png" if (out / "nll_by_t.png").is_file() else "")
+    print(f"plots: {out} ({pictures})   table: {out / 'compare.json'}")
     return 0
+
+
+def _compare_command(args: argparse.Namespace) -> str:
+    """The ``mdm compare`` command line that reproduces this table (options as given)."""
+    import shlex
+
+    words = ["mdm", "compare", *args.runs]
+    for flag in ("baseline", "metric", "target", "target_nll", "ci", "resamples", "bootstrap_seed", "out"):
+        value = getattr(args, flag)
+        if value is not None:
+            words += [f"--{flag.replace('_', '-')}", str(value)]
+    if args.higher_is_better is not None:
+        words.append("--higher-is-better" if args.higher_is_better else "--no-higher-is-better")
+    return shlex.join([*words, "--markdown"])
 
 
 # -- plug-ins, components, specs ---------------------------------------------------------------
@@ -269,6 +345,8 @@ def plugins_report() -> dict[str, Any]:
 def cmd_plugins(args: argparse.Namespace) -> int:
     from mdm_core.plugins import core_shadowing, get_registry, strict
 
+    if args.available:
+        return _plugins_available(args)
     report = plugins_report()
     report["shadowing"] = core_shadowing()
     if args.status:
@@ -303,6 +381,37 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print("registry: " + "  ".join(f"{k}={v}" for k, v in row.items()))
     bad = any(p["error"] for p in report["plugins"]) or report["conflicts"] or report["shadowing"]
     return 3 if (bad and strict()) else 0
+
+
+def _plugins_available(args: argparse.Namespace) -> int:
+    """``mdm plugins --available``: the catalogue (``--registry DIR``, else the one installed
+    with the core) against what is installed."""
+    from mdm_core.plugins import get_registry
+    from mdm_core.registry_catalog import available, load_catalog, shipped_catalog_dir
+
+    source = Path(args.registry) if args.registry else shipped_catalog_dir()
+    rows = available(load_catalog(source), get_registry())
+    if args.json:
+        print(json.dumps({"catalogue": str(source), "plugins": rows}, indent=1))
+        return 0
+    print(f"{'distribution':26s} {'latest':8s} {'installed':13s} adds")
+    for row in rows:
+        installed = row["installed"] if row["installed"] != "-" else "not installed"
+        parts = [f"{kind}: {', '.join(names)}" for kind, names in row["components"].items()]
+        adds = " · ".join(
+            parts + ([f"spec section: {', '.join(row['sections'])}"] if row["sections"] else [])
+        )
+        print(f"{row['distribution']:26s} {row['catalogued']:8s} {installed:13s} {adds}")
+        notes = [row["summary"]]
+        if row["status"] not in ("ok", "not installed"):
+            notes.append(row["status"])
+        if not row["supports_this_core"]:
+            notes.append(f"declares {row['core']}, not this core")
+        if row["status"] == "not installed":
+            notes.append(row["install"])
+        print(f"    {'; '.join(notes)}")
+    print(f"(catalogue: {source})")
+    return 0
 
 
 def _type_name(annotation: Any) -> str:
@@ -372,6 +481,13 @@ def cmd_spec(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install(args: argparse.Namespace) -> int:
+    """``mdm install`` and ``mdm uninstall``: pip's exit status is mdm's."""
+    from mdm_core.install import run_pip
+
+    return run_pip(args.pip_action, args.names)
+
+
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from mdm_core.scaffold import new_plugin
 
@@ -417,13 +533,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a run's last checkpoint (EMA weights if any)")
-    p.add_argument("run")
+    p = sub.add_parser(
+        "eval", help="evaluate a run's last checkpoint (EMA weights if any) or an exported model"
+    )
+    p.add_argument("run", help="run directory, exported model folder or Hub id")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        help="exported model: evaluate on this text file (default: its validation split)",
+    )
+    p.add_argument(
+        "--ckpt", type=int, metavar="STEP", help="evaluate the checkpoint of this step (default: the latest)"
+    )
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("sample", help="generate text from a run")
-    p.add_argument("run")
+    p = sub.add_parser("sample", help="generate text from a run or an exported model")
+    p.add_argument("run", help="run directory, exported model folder or Hub id")
     p.add_argument("--num", type=int, default=4)
     p.add_argument("--length", type=int)
     p.add_argument("--sampler", help="sampler name (default: the run's)")
@@ -431,6 +557,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="text the samples start with")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("export", help="write a run as a self-contained model folder (Hugging Face layout)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("dir", help="new (or empty) folder to write")
+    p.add_argument("--force", action="store_true", help="replace DIR if it holds files (never a run)")
+    p.add_argument(
+        "--no-data", action="store_true", help="leave out the validation split (eval then needs --data)"
+    )
+    p.add_argument(
+        "--push-to-hub", metavar="REPO_ID", help="also upload DIR to this Hugging Face Hub repository"
+    )
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sweep", help="run a grid of runs: key=a,b seed=0,1,2")
     p.add_argument("spec")
@@ -453,7 +592,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target", type=float, help="target value of --metric (default: baseline's final)")
     p.add_argument("--target-nll", type=float, help="the same as --target for val/nll")
-    p.add_argument("--out", help="where compare.png / compare.json go")
+    p.add_argument("--out", help="where compare.png / compare.json (/ nll_by_t.png) go")
+    p.add_argument("--ci", type=float, default=0.9, help="level of the bootstrap intervals over seeds")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (at least 2000)")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling")
+    p.add_argument(
+        "--markdown", action="store_true", help="print a markdown table (with its command) for RESULTS.md"
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("plugins", help="list installed plug-ins (without importing their components)")
@@ -462,7 +607,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--status", action="store_true", help="also ask plug-ins for run-time status (imports them)"
     )
     p.add_argument("--registry", metavar="DIR", help="compare with a registry catalogue, e.g. registry/")
+    p.add_argument(
+        "--available",
+        action="store_true",
+        help="list the catalogued plug-ins, installed or not (--registry DIR: another catalogue)",
+    )
     p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser(
+        "install",
+        help="install plug-ins with pip into this environment: bell → mdm-plugin-bell",
+        description="pip install, run by mdm's own interpreter; pip options pass through "
+        "(-e PATH, --upgrade, --no-deps, ...)",
+    )
+    p.add_argument("names", nargs=argparse.REMAINDER, help="plug-in names, requirements, paths, pip options")
+    p.set_defaults(func=cmd_install, pip_action="install")
+
+    p = sub.add_parser(
+        "uninstall",
+        help="uninstall plug-ins with pip from this environment (no confirmation prompt)",
+        description="pip uninstall --yes, run by mdm's own interpreter: bell → mdm-plugin-bell",
+    )
+    p.add_argument("names", nargs=argparse.REMAINDER, help="plug-in names and pip options")
+    p.set_defaults(func=cmd_install, pip_action="uninstall")
 
     p = sub.add_parser("components", help="components of a kind with their parameters")
     p.add_argument("kind", help=", ".join(KINDS))
@@ -521,6 +688,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _add_plugin_commands(parser, argv)
         args, extra = parser.parse_known_args(argv)
+        if hasattr(args, "pip_action"):  # pip's options are pip's: everything after the command
+            args.names, extra = argv[argv.index(args.pip_action) + 1 :], []
         if extra:
             # ``mdm train spec --quiet key=value``: overrides may follow options (argparse stops
             # collecting positionals at the first option); anything else is still an error.

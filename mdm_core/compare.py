@@ -15,6 +15,15 @@ The numbers follow BENCHMARKS.md B1, for any eval metric (``val/nll`` by default
 * *speed-up* = baseline steps to target / arm steps to target.
 
 An arm that never reaches the target shows "not reached", never an extrapolated number.
+
+Intervals (``ci``, 90% by default) are percentile bootstraps over seeds: each of ``resamples``
+(≥ 2000) resamples draws an arm's seeds with replacement (the baseline's and each arm's
+independently, from a generator seeded by ``bootstrap_seed`` and the arm's position), rebuilds the
+seed-mean curves, re-derives a default target from the resampled baseline (an explicit target
+stays fixed) and recomputes steps and time to target and both speed-ups. A resample whose curve
+never reaches the target counts as infinitely slow (speed-up 0); one whose baseline never does
+has no speed-up and is left out of that interval. With one seed an interval is the point itself,
+and the table says "1 seed" instead of showing it.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from omegaconf import OmegaConf
 
@@ -35,6 +45,10 @@ from mdm_core.runs import read_metrics
 #: Spec keys that never distinguish arms: the seed (it makes the spread) and naming/paths.
 IGNORED_KEYS = frozenset({"trainer.seed", "name", "description", "out_dir", "requires"})
 DEFAULT_METRIC = "val/nll"
+#: Fewest bootstrap resamples allowed: percentile tails of a 90% interval need a few hundred beyond it.
+MIN_RESAMPLES = 2000
+#: Prefix of the ``nll_by_t`` evaluator's bucket metrics (``all`` is their mean, not a bucket).
+NLL_BY_T = "val/nll_by_t/"
 
 
 @dataclass
@@ -64,6 +78,21 @@ class Crossing:
     seconds: float | None
 
 
+@dataclass(frozen=True)
+class Interval:
+    """A percentile-bootstrap interval; ``lo``/``hi`` may be inf (not reached in that tail) and
+    ``defined`` is the share of resamples where the quantity exists (a speed-up needs the baseline
+    to reach the target)."""
+
+    lo: float
+    hi: float
+    defined: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        finite = [v if np.isfinite(v) else None for v in (self.lo, self.hi)]
+        return {"lo": finite[0], "hi": finite[1], "defined": self.defined}
+
+
 @dataclass
 class Arm:
     """Runs that differ only by seed, with their seed-mean curve and the figures derived from it."""
@@ -80,6 +109,8 @@ class Arm:
     per_seed: list[Crossing] = field(default_factory=list)
     speedup: float | None = None
     time_speedup: float | None = None
+    #: Bootstrap intervals (lo, hi) over seeds, filled by :func:`bootstrap`; inf = not reached.
+    intervals: dict[str, Interval] = field(default_factory=dict)
 
     @property
     def finals(self) -> list[float]:
@@ -120,6 +151,7 @@ class Arm:
             },
             "speedup": self.speedup,
             "time_speedup": self.time_speedup,
+            "intervals": {name: interval.to_json() for name, interval in self.intervals.items()},
             "curve": {
                 "step": self.steps,
                 "elapsed": self.elapsed,
@@ -142,38 +174,76 @@ class Comparison:
     metric: str = DEFAULT_METRIC
     higher_is_better: bool = False
 
-    def table_text(self) -> str:
-        target = f"{self.target:.3f}"
-        header = [
+    ci: float = 0.9
+    resamples: int = MIN_RESAMPLES
+    bootstrap_seed: int = 0
+
+    def header(self) -> list[str]:
+        target, level = f"{self.target:.3f}", f"{self.ci:.0%} CI"
+        return [
             "arm",
             "seeds",
             f"final {self.metric}",
-            f"steps to {target}",
-            f"time to {target}",
-            "speed-up",
+            f"steps to {target} [{level}]",
+            f"time to {target} [{level}]",
+            f"speed-up [{level}]",
+            f"time speed-up [{level}]",
         ]
-        rows = [header]
+
+    def rows(self) -> list[list[str]]:
+        """One row of cells per arm: point ± spread over seeds, then the bootstrap interval."""
+        rows = []
         for arm in self.arms:
             finals = arm.finals
+            paired = len(arm.runs) > 1 and len(self.baseline.runs) > 1
             rows.append(
                 [
                     arm.label + (" (baseline)" if arm is self.baseline else ""),
                     str(len(arm.runs)),
                     f"{statistics.fmean(finals):.3f} ± {_std(finals):.3f}",
-                    _reach_text(arm, "step", lambda v: f"{v:.0f}"),
-                    _reach_text(arm, "seconds", format_seconds),
-                    "—" if arm.speedup is None else f"{arm.speedup:.2f}×",
+                    _with_interval(_reach_text(arm, "step", _steps), arm, "steps", _steps, len(arm.runs) > 1),
+                    _with_interval(
+                        _reach_text(arm, "seconds", format_seconds),
+                        arm,
+                        "seconds",
+                        format_seconds,
+                        len(arm.runs) > 1,
+                    ),
+                    _with_interval(_times(arm.speedup), arm, "speedup", _times, paired),
+                    _with_interval(_times(arm.time_speedup), arm, "time_speedup", _times, paired),
                 ]
             )
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines = ["   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-        lines.append(
+        return rows
+
+    def footer(self) -> list[str]:
+        target = f"{self.target:.3f}"
+        again = "re-derived from each resampled baseline" if self.target_source != "--target" else "fixed"
+        lines = [
             f"target {self.metric} {'≥' if self.higher_is_better else '≤'} {target}: {self.target_source}; "
-            "steps and time: first crossing of the "
-            "seed-mean curve (linear between evaluations), ± over seeds"
-        )
-        lines.extend(f"note: {n}" for n in self.notes)
-        return "\n".join(lines)
+            "steps and time: first crossing of the seed-mean curve (linear between evaluations), "
+            "± over seeds",
+            f"[lo–hi]: {self.ci:.0%} percentile bootstrap over seeds ({self.resamples} resamples, seed "
+            f"{self.bootstrap_seed}, target {again}; ∞ = not reached in that tail); "
+            "'1 seed': no interval (it would be the point itself)",
+        ]
+        return lines + [f"note: {n}" for n in self.notes]
+
+    def table_text(self) -> str:
+        rows = [self.header(), *self.rows()]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+        return "\n".join(lines + self.footer())
+
+    def markdown(self, command: str) -> str:
+        """The table as GitHub markdown for RESULTS.md, under the command that reproduces it."""
+
+        def line(cells: list[str]) -> str:
+            return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+        header = self.header()
+        body = [line(header), "|" + "---|" * len(header), *(line(r) for r in self.rows())]
+        notes = "\n".join(f"- {n}" for n in self.footer())
+        return f"```\n{command}\n```\n\n" + "\n".join(body) + f"\n\n{notes}\n"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -182,6 +252,7 @@ class Comparison:
             "target": self.target,
             "target_source": self.target_source,
             "baseline": self.baseline.label,
+            "bootstrap": {"ci": self.ci, "resamples": self.resamples, "seed": self.bootstrap_seed},
             "arms": [arm.to_json() for arm in self.arms],
             "notes": self.notes,
         }
@@ -401,6 +472,72 @@ def _mean_curve(arm: Arm) -> None:
     arm.high = [max(c) for c in columns]
 
 
+def cross_many(
+    steps: Sequence[float], seconds: np.ndarray, values: np.ndarray, target: np.ndarray, higher: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cross` for a batch of curves ``[N, S]`` (targets ``[N]``): steps and seconds, inf
+    where a curve never reaches its target."""
+    hit = values >= target[:, None] if higher else values <= target[:, None]
+    first = hit.argmax(axis=1)
+    reached = hit.any(axis=1)
+    prev = np.maximum(first - 1, 0)
+    rows = np.arange(values.shape[0])
+    step_axis = np.asarray(steps, dtype=np.float64)
+    before, at = values[rows, prev], values[rows, first]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(first > 0, (before - target) / (before - at), 0.0)
+    step = step_axis[prev] + frac * (step_axis[first] - step_axis[prev])
+    second = seconds[rows, prev] + frac * (seconds[rows, first] - seconds[rows, prev])
+    return np.where(reached, step, np.inf), np.where(reached, second, np.inf)
+
+
+def _resampled_crossings(
+    arm: Arm, picks: np.ndarray, target: np.ndarray | None, higher: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps and seconds to target of the seed-mean curves of resampled seeds ``picks`` ``[N, R]``,
+    and the targets used (``None``: each resample's own final mean value, the baseline's default)."""
+    cols = [[r.steps.index(s) for s in arm.steps] for r in arm.runs]
+    values = np.array([[r.values[i] for i in c] for r, c in zip(arm.runs, cols, strict=True)])
+    elapsed = np.array([[r.elapsed[i] for i in c] for r, c in zip(arm.runs, cols, strict=True)])
+    curves, seconds = values[picks].mean(axis=1), elapsed[picks].mean(axis=1)
+    goal = curves[:, -1] if target is None else target
+    step, second = cross_many(arm.steps, seconds, curves, goal, higher)
+    return step, second, goal
+
+
+def _interval(samples: np.ndarray, ci: float) -> Interval | None:
+    """Percentile interval by order statistics (no interpolation, so inf tails stay inf)."""
+    kept = samples[~np.isnan(samples)]
+    if kept.size == 0:
+        return None
+    lo, hi = np.quantile(kept, [(1 - ci) / 2, (1 + ci) / 2], method="inverted_cdf")
+    return Interval(float(lo), float(hi), kept.size / samples.size)
+
+
+def bootstrap(comparison: Comparison, fixed_target: bool) -> None:
+    """Fill every arm's ``intervals`` (steps, seconds, speedup, time_speedup); see the module doc."""
+    n, ci, higher = comparison.resamples, comparison.ci, comparison.higher_is_better
+    base = comparison.baseline
+    index = comparison.arms.index(base)
+    rng = np.random.default_rng([comparison.bootstrap_seed, index])
+    base_picks = rng.integers(len(base.runs), size=(n, len(base.runs)))
+    target = np.full(n, comparison.target) if fixed_target else None
+    base_steps, base_seconds, goal = _resampled_crossings(base, base_picks, target, higher)
+    for i, arm in enumerate(comparison.arms):
+        if arm is base:
+            steps, seconds = base_steps, base_seconds
+        else:
+            rng = np.random.default_rng([comparison.bootstrap_seed, i])
+            picks = rng.integers(len(arm.runs), size=(n, len(arm.runs)))
+            steps, seconds, _ = _resampled_crossings(arm, picks, goal, higher)
+        found = {"steps": _interval(steps, ci), "seconds": _interval(seconds, ci)}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for name, num, den in (("speedup", base_steps, steps), ("time_speedup", base_seconds, seconds)):
+                ratio = np.where(np.isinf(num), np.nan, np.where(np.isinf(den), 0.0, num / den))
+                found[name] = _interval(ratio, ci)
+        arm.intervals = {k: v for k, v in found.items() if v is not None}
+
+
 def _ratio(num: float | None, den: float | None) -> float | None:
     return None if num is None or den is None or den <= 0 else num / den
 
@@ -412,12 +549,21 @@ def compare_runs(
     out_dir: Path | None = None,
     metric: str = DEFAULT_METRIC,
     higher_is_better: bool | None = None,
+    ci: float = 0.9,
+    resamples: int = MIN_RESAMPLES,
+    bootstrap_seed: int = 0,
 ) -> Comparison:
-    """Compare runs as arms (see the module docstring); write compare.json and compare.png to out_dir.
+    """Compare runs as arms (see the module docstring); write compare.json and compare.png (and
+    nll_by_t.png when the runs logged the ``nll_by_t`` evaluator) to out_dir.
 
     ``metric`` is any eval metric in metrics.jsonl (``val/nll``, ``val/puzzle_acc`` ...);
-    ``higher_is_better`` defaults to True for accuracies (names containing "acc").
+    ``higher_is_better`` defaults to True for accuracies (names containing "acc"); ``ci``,
+    ``resamples`` and ``bootstrap_seed`` set the bootstrap intervals over seeds.
     """
+    if not 0.0 < ci < 1.0:
+        raise MdmError(f"compare: --ci {ci} must lie strictly between 0 and 1 (e.g. 0.9)", exit_code=2)
+    if resamples < MIN_RESAMPLES:
+        raise MdmError(f"compare: --resamples {resamples}: use at least {MIN_RESAMPLES}", exit_code=2)
     higher = ("acc" in metric) if higher_is_better is None else higher_is_better
     runs, notes = load_runs(paths, metric)
     arms = group_arms(runs)
@@ -436,13 +582,50 @@ def compare_runs(
         arm.time_speedup = _ratio(base.crossing.seconds, arm.crossing.seconds)
     if base.crossing.step is None:
         notes.append("the baseline never reaches the target, so no speed-up can be given")
-    comparison = Comparison(arms, base, target, source, notes, metric, higher)
+    comparison = Comparison(arms, base, target, source, notes, metric, higher, ci, resamples, bootstrap_seed)
+    bootstrap(comparison, fixed_target=source == "--target")
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "compare.json").write_text(json.dumps(comparison.to_json(), indent=1) + "\n")
         plot_comparison(comparison, out_dir / "compare.png")
+        heat = nll_by_t_maps(comparison)
+        if heat:
+            from mdm_core.plotting import plot_nll_by_t
+
+            plot_nll_by_t(heat, out_dir / "nll_by_t.png", baseline=base.label)
     return comparison
+
+
+def nll_by_t_maps(comparison: Comparison) -> dict[str, tuple[list[int], list[str], np.ndarray]]:
+    """Per arm that logged ``nll_by_t``: (steps, bucket names, seed-mean density ``[buckets, steps]``)
+    over the evaluation steps all its seeds share; arms without it are left out."""
+    maps = {}
+    for arm in comparison.arms:
+        per_run = [_bucket_curves(r.path) for r in arm.runs]
+        if not all(per_run):
+            continue
+        names = sorted(set.intersection(*(set(c) for c in per_run)), key=lambda n: float(n.split("-")[0]))
+        if not names:
+            continue
+        steps = sorted(set.intersection(*(set(c[n]) for c in per_run for n in names)))
+        if not steps:
+            continue
+        grid = np.array([[[c[n][s] for s in steps] for n in names] for c in per_run])
+        maps[arm.label] = (steps, names, grid.mean(axis=0))
+    return maps
+
+
+def _bucket_curves(run_dir: Path) -> dict[str, dict[int, float]]:
+    """bucket name → {step: density} from a run's ``val/nll_by_t/<lo>-<hi>`` metrics."""
+    curves: dict[str, dict[int, float]] = {}
+    for m in read_metrics(run_dir):
+        if m.get("kind") != "eval":
+            continue
+        for key, value in m.items():
+            if key.startswith(NLL_BY_T) and key != NLL_BY_T + "all":
+                curves.setdefault(key[len(NLL_BY_T) :], {})[int(m["step"])] = float(value)
+    return curves
 
 
 def plot_comparison(comparison: Comparison, path: Path) -> Path:
@@ -493,6 +676,25 @@ def _reach_text(arm: Arm, attr: str, fmt: Any) -> str:
     if len(arm.runs) > 1:
         return f"{fmt(value)} ({arm.reached}/{len(arm.runs)} seeds)"
     return fmt(value)
+
+
+def _steps(value: float) -> str:
+    return f"{value:.0f}"
+
+
+def _times(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def _with_interval(text: str, arm: Arm, name: str, fmt: Any, several: bool) -> str:
+    """``text [lo–hi]``; ``text (1 seed)`` where a single seed makes the interval the point."""
+    interval = arm.intervals.get(name)
+    if interval is None or text == "—":
+        return text
+    if not several:
+        return f"{text} (1 seed)"
+    ends = ["∞" if not np.isfinite(v) else fmt(v) for v in (interval.lo, interval.hi)]
+    return f"{text} [{ends[0]}–{ends[1]}]"
 
 
 def format_seconds(seconds: float) -> str:

@@ -285,6 +285,14 @@ class ForwardProcess(Component, abc.ABC):
         del params
         return "full"
 
+    @classmethod
+    def layouts(cls, params: Params) -> frozenset[str]:
+        """Names (``AttentionLayout.name``) of every layout that models trained with these params
+        are run with: the training examples' and the inference record's. ``mdm spec validate``
+        refuses a backbone that does not honour each (``Backbone.layouts``)."""
+        del params
+        return frozenset({"full"})
+
     @abc.abstractmethod
     def prepare(
         self, batch: Batch, time_sampler: TimeSampler, generator: torch.Generator, progress: float = 0.0
@@ -325,12 +333,26 @@ class Loss(Component, abc.ABC):
         """``logits`` is ``[B, L, V]`` for the ``targets`` positions."""
 
 
+#: ``Backbone.layouts`` of a backbone that honours every layout, the plug-ins' ones included.
+ANY_LAYOUT: Literal["any"] = "any"
+
+
 class Backbone(Component, nn.Module, abc.ABC):
     """``nn.Module`` from noisy ids (+ optional time conditioning, layout, KV cache) to logits."""
 
     kind = "backbone"
     #: Whether ``forward`` uses ``time_cond``; when False, samplers may cache denoiser outputs.
     uses_time: bool = False
+    #: The layouts (``AttentionLayout.name``) ``forward`` honours: ``ANY_LAYOUT`` for a backbone
+    #: that applies any layout's ``attention_mask``/``block_mask`` generically (attention models),
+    #: else the names it implements, e.g. ``frozenset({"full", "block_causal"})`` for a recurrent
+    #: one. The conformance kit checks exactly these; a spec that needs another is refused.
+    layouts: ClassVar[frozenset[str] | Literal["any"]] = ANY_LAYOUT
+
+    @classmethod
+    def honours(cls, layout: str) -> bool:
+        """Whether ``forward`` honours the layout named ``layout``."""
+        return cls.layouts == ANY_LAYOUT or layout in cls.layouts
 
     def __init__(self, params: Params | None, shape: RunShape) -> None:
         nn.Module.__init__(self)

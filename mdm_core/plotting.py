@@ -1,8 +1,12 @@
-"""The loss / validation-NLL curve of one run as a PNG (matplotlib, headless)."""
+"""Pictures of runs as PNGs (matplotlib, headless): one run's loss / validation-NLL curve, and the
+``nll_by_t`` heat maps of ``mdm compare``."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from mdm_core.runs import read_metrics
 
@@ -35,3 +39,54 @@ def plot_curves(run_dir: Path, floor: float | None = None) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_nll_by_t(
+    maps: dict[str, tuple[list[int], list[str], np.ndarray]], path: Path, baseline: str | None = None
+) -> Path:
+    """Heat maps of the ``nll_by_t`` densities (t bucket × step), one column per arm, one colour
+    scale for all; with a baseline among several arms, a second row shows arm − baseline at the
+    steps both share (blue: the arm is lower, i.e. better, at that noise level)."""
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
+
+    labels = list(maps)
+    diff = baseline in maps and len(labels) > 1
+    fig = Figure(figsize=(4.2 * len(labels) + 1.2, 3.6 * (2 if diff else 1)))
+    axes = np.asarray(fig.subplots(2 if diff else 1, len(labels), squeeze=False))
+    values = np.concatenate([grid.ravel() for _, _, grid in maps.values()])
+    low, high = float(values.min()), float(values.max())
+    for col, label in enumerate(labels):
+        steps, names, grid = maps[label]
+        ax = axes[0, col]
+        image = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", vmin=low, vmax=high)
+        _bucket_axes(ax, steps, names, label)
+        fig.colorbar(image, ax=ax, label="NELBO density, nats/token")
+        if not diff:
+            continue
+        ax = axes[1, col]
+        base_steps, base_names, base_grid = maps[str(baseline)]
+        shared = [s for s in steps if s in base_steps]
+        if label == baseline or base_names != names or not shared:
+            ax.set_axis_off()
+            ax.set_title("baseline" if label == baseline else "no shared buckets/steps", fontsize=9)
+            continue
+        delta = (
+            grid[:, [steps.index(s) for s in shared]] - base_grid[:, [base_steps.index(s) for s in shared]]
+        )
+        bound = float(np.abs(delta).max()) or 1.0
+        norm = TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound)
+        image = ax.imshow(delta, aspect="auto", origin="lower", cmap="RdBu_r", norm=norm)
+        _bucket_axes(ax, shared, names, f"{label} − baseline")
+        fig.colorbar(image, ax=ax, label="Δ nats/token")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _bucket_axes(ax: Any, steps: list[int], names: list[str], title: str) -> None:
+    every = max(1, -(-len(steps) // 6))
+    ax.set_xticks(range(0, len(steps), every), [str(s) for s in steps[::every]])
+    ax.set_yticks(range(len(names)), [f"t {n}" for n in names], fontsize=7)
+    ax.set_xlabel("step")
+    ax.set_title(title, fontsize=9)

@@ -14,13 +14,13 @@ import platform
 import sys
 import tomllib
 from datetime import UTC, datetime
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mdm_core.errors import MdmError
 from mdm_core.kinds import KINDS
@@ -46,7 +46,10 @@ class CatalogEntry(BaseModel):
     version: str = Field(description="latest released version (PEP 440)")
     summary: str = Field(min_length=1, description="one line: what the plug-in adds")
     components: dict[Kind, ComponentNames] = Field(
-        min_length=1, description="component names by kind, as specs write them"
+        default_factory=dict, description="component names by kind, as specs write them"
+    )
+    spec_sections: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
+        default_factory=list, description="top-level spec keys the plug-in declares (mdm_spec_sections)"
     )
     core: str = Field(
         pattern=rf"^{CORE_DISTRIBUTION}\s*[<>=!~]",
@@ -75,6 +78,12 @@ class CatalogEntry(BaseModel):
             raise ValueError(f"'{value}' must bound {CORE_DISTRIBUTION}, e.g. '{_EXAMPLE_RANGE}'")
         return value
 
+    @model_validator(mode="after")
+    def _provides_something(self) -> CatalogEntry:
+        if not self.components and not self.spec_sections:
+            raise ValueError("components and spec_sections are both empty: list what the plug-in provides")
+        return self
+
     def admits(self, version: str) -> bool:
         """Whether this plug-in declares support for that version of the core."""
         return Requirement(self.core).specifier.contains(version, prereleases=True)
@@ -83,6 +92,12 @@ class CatalogEntry(BaseModel):
 def schema() -> dict[str, Any]:
     """The JSON Schema of a catalogue entry (what ``registry/schema.json`` holds)."""
     return CatalogEntry.model_json_schema()
+
+
+def shipped_catalog_dir() -> Path:
+    """The catalogue installed with the core (``registry/`` as the package ``mdm_core.registry``:
+    the checkout's own folder in an editable install, a copy as of this release in a wheel)."""
+    return Path(str(resources.files("mdm_core.registry")))
 
 
 def load_catalog(directory: Path) -> list[CatalogEntry]:
@@ -135,6 +150,25 @@ def compare_installed(catalog: list[CatalogEntry], registry: Registry) -> list[d
     return rows
 
 
+def available(catalog: list[CatalogEntry], registry: Registry) -> list[dict[str, Any]]:
+    """``mdm plugins --available``: every catalogued plug-in with what it adds, whether (and at
+    which version) it is installed, and whether it declares support for the running core."""
+    rows = {row["distribution"]: row for row in compare_installed(catalog, registry)}
+    current = core_version()
+    return [
+        {
+            **rows[entry.distribution],
+            "summary": entry.summary,
+            "components": {kind: list(names) for kind, names in entry.components.items()},
+            "sections": list(entry.spec_sections),
+            "core": entry.core,
+            "supports_this_core": entry.admits(current),
+            "install": f"mdm install {entry.distribution.removeprefix('mdm-plugin-')}",
+        }
+        for entry in catalog
+    ]
+
+
 # --------------------------------------------------------------------------------------------
 # The compatibility matrix
 # --------------------------------------------------------------------------------------------
@@ -146,16 +180,22 @@ CHECK_PAIR = "composed training run"
 class MatrixResult(BaseModel):
     """One cell: a plug-in's own tests (one name) or a pair composed in a training run (two).
 
-    A pair is "not applicable" when both plug-ins provide the same kinds (one run cannot use both).
+    A pair is "not applicable" when both plug-ins provide the same kinds (one run cannot use both),
+    and "refused" when ``mdm spec validate`` refuses the composed spec (exit 2: one side would
+    ignore or misuse the other), so that a pair is "pass" only when it is meaningful and trains.
+    Own tests run against the core at the plug-in's oldest supported version and at main
+    (``core``: the version tested; one run when the two are the same).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     plugins: list[str] = Field(min_length=1, max_length=2)
     check: Literal["own tests", "composed training run"]
-    status: Literal["pass", "fail", "not applicable", "not yet generated"]
+    status: Literal["pass", "fail", "refused", "not applicable", "not yet generated"]
     seconds: float | None = None
     command: str = ""
+    core: str = Field(default="", description="core version checked against, e.g. 'oldest = main (0.2.0)'")
+    detail: str = Field(default="", description="why a pair was refused (the first line of the error)")
 
 
 def pending_matrix(plugins: list[str]) -> list[MatrixResult]:
@@ -172,31 +212,56 @@ def pending_matrix(plugins: list[str]) -> list[MatrixResult]:
 _MARK = {
     "pass": "pass",
     "fail": "**FAIL**",
+    "refused": "refused (exit 2)",
     "not applicable": "n/a",
     "not yet generated": "not yet generated",
 }
 
 
+def oldest_supported(core_range: str) -> str | None:
+    """The oldest core version a range like ``mdm-diffusion>=0.2,<0.3`` admits: its inclusive
+    lower bound (``>=``, ``==``, ``~=``); None when it has none (``>0.2``, ``<0.3`` alone)."""
+    bounds = [
+        Version(spec.version)
+        for spec in Requirement(core_range).specifier
+        if spec.operator in (">=", "==", "~=") and "*" not in spec.version
+    ]
+    return str(max(bounds)) if bounds else None
+
+
 def write_matrix(
-    results: list[MatrixResult], out_dir: Path, environment: dict[str, str] | None = None
+    results: list[MatrixResult],
+    out_dir: Path,
+    environment: dict[str, str] | None = None,
+    plugin_versions: dict[str, str] | None = None,
 ) -> None:
-    """Write ``matrix.json`` and ``matrix.md``: a grid (diagonal: own tests; off-diagonal: pairs)
-    and one row per check. ``environment`` (core, torch, python versions) heads both files;
-    without it the matrix is marked as not yet generated."""
+    """Write ``matrix.json`` and ``matrix.md``: a grid (diagonal: own tests at main; off-diagonal:
+    pairs) and one row per check. ``environment`` (core, torch, python versions) and the plug-in
+    versions head both files, with the date; without them the matrix is marked as not yet
+    generated."""
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC") if environment else None
     payload = {
         "generated": generated,
         "environment": environment or {},
+        "plugin_versions": plugin_versions or {},
         "results": [r.model_dump() for r in results],
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "matrix.json").write_text(json.dumps(payload, indent=1) + "\n")
 
     names = list(dict.fromkeys(p for r in results for p in r.plugins))
-    cell = {tuple(sorted(r.plugins)): _MARK[r.status] for r in results}
+    # The grid shows own tests at main (the last row of a plug-in's checks) and every pair.
+    # A grid cell is "pass" only when every check behind it passed (own tests: oldest and main).
+    cell: dict[tuple[str, ...], str] = {}
+    for r in results:
+        key = tuple(sorted(r.plugins))
+        if cell.get(key, _MARK["pass"]) == _MARK["pass"]:
+            cell[key] = _MARK[r.status]
     if generated:
         env = ", ".join(f"{k} {v}" for k, v in (environment or {}).items())
         origin = f"Written by `nox -s matrix` on {generated} ({env})."
+        if plugin_versions:
+            origin += " Plug-ins: " + ", ".join(f"{k} {v}" for k, v in plugin_versions.items()) + "."
     else:
         origin = "Not yet generated: run `nox -s matrix` to fill it in."
     lines = [
@@ -204,8 +269,11 @@ def write_matrix(
         "",
         origin,
         "",
-        "Diagonal: the plug-in's own tests against the core. Elsewhere: the two plug-ins composed in a",
-        "short real training run of `specs/quickstart.yaml` with both components selected.",
+        "Diagonal: the plug-in's own tests against the core, at its oldest supported version and at",
+        "main. Elsewhere: the two plug-ins composed in a short real training run of",
+        "`specs/quickstart.yaml` with both components selected, after `mdm spec validate` accepted",
+        "the pair; a pair it refuses (one side would ignore or misuse the other) reads",
+        "`refused (exit 2)`, a pair filling the same slot `n/a`.",
         "",
         "| | " + " | ".join(names) + " |",
         "|---" * (len(names) + 1) + "|",
@@ -213,26 +281,36 @@ def write_matrix(
     for a in names:
         row = [cell.get(tuple(sorted({a, b})), "–") for b in names]
         lines.append(f"| **{a}** | " + " | ".join(row) + " |")
-    lines += ["", "| plug-ins | check | result | seconds |", "|---|---|---|---|"]
+    lines += ["", "| plug-ins | check | result | seconds | core | detail |", "|---|---|---|---|---|---|"]
     for r in results:
         seconds = f"{r.seconds:.0f}" if r.seconds is not None else ""
-        lines.append(f"| {' + '.join(r.plugins)} | {r.check} | {_MARK[r.status]} | {seconds} |")
+        detail = r.detail.replace("|", "\\|")
+        lines.append(
+            f"| {' + '.join(r.plugins)} | {r.check} | {_MARK[r.status]} | {seconds} | {r.core} | {detail} |"
+        )
     (out_dir / "matrix.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m mdm_core.registry_catalog schema DIR``: validate DIR's entries and rewrite its
     schema.json; ``... matrix RESULTS.json DIR``: write DIR's matrix files from ``nox -s matrix``
-    results, with the versions of this environment (the one the checks ran in)."""
+    results, with the versions of this environment (the one the checks ran in); ``... oldest
+    RANGE``: print the oldest core version a plug-in's range admits (exit 2 when unbounded)."""
     parser = argparse.ArgumentParser(prog="python -m mdm_core.registry_catalog")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("schema").add_argument("directory", type=Path)
     matrix = sub.add_parser("matrix")
     matrix.add_argument("results", type=Path)
     matrix.add_argument("directory", type=Path)
+    sub.add_parser("oldest").add_argument("range")
     args = parser.parse_args(argv)
     try:
-        if args.command == "schema":
+        if args.command == "oldest":
+            oldest = oldest_supported(args.range)
+            if oldest is None:
+                raise MdmError(f"{args.range} has no lower bound; declare one, e.g. '{_EXAMPLE_RANGE}'", 2)
+            print(oldest)
+        elif args.command == "schema":
             entries = load_catalog(args.directory)
             text = json.dumps(schema(), indent=1, ensure_ascii=False) + "\n"
             (args.directory / "schema.json").write_text(text)
@@ -248,12 +326,21 @@ def main(argv: list[str] | None = None) -> int:
                 "python": platform.python_version(),
                 "device": f"cuda ({gpu})" if gpu else "cpu",
             }
-            write_matrix(results, args.directory, environment)
+            names = dict.fromkeys(p for r in results for p in r.plugins)
+            versions = {f"mdm-plugin-{n}": _installed_version(f"mdm-plugin-{n}") for n in names}
+            write_matrix(results, args.directory, environment, versions)
             print(f"wrote {args.directory / 'matrix.md'} and matrix.json")
     except MdmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
+
+
+def _installed_version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 if __name__ == "__main__":

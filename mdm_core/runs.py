@@ -165,8 +165,9 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def resume_changes(run_dir: Path, spec: ResolvedSpec) -> dict[str, tuple[Any, Any]]:
     """What ``spec`` changes in the run's ``resolved.yaml``: ``{key: (old, new)}``, run-control
-    keys only. Any other change raises ``SpecError`` (exit 2) naming the key, before anything
-    heavy is loaded, since it would make the checkpoint describe a different run."""
+    keys and plug-in spec sections (loggers) only. Any other change raises ``SpecError`` (exit 2)
+    naming the key, before anything heavy is loaded, since it would make the checkpoint describe a
+    different run."""
     from mdm_core.spec import load_spec
 
     old = _flat(load_spec(run_dir / "resolved.yaml").resolved)
@@ -177,6 +178,8 @@ def resume_changes(run_dir: Path, spec: ResolvedSpec) -> dict[str, tuple[Any, An
         if old.get(key, _MISSING) != new.get(key, _MISSING)
     }
     for key, (before, after) in changes.items():
+        if key.split(".")[0] in spec.sections:
+            continue  # a plug-in's own section (a logger's): hooks observe the run, never its numbers
         if key not in RUN_CONTROL_KEYS and not _EVAL_CADENCE.fullmatch(key):
             raise SpecError(
                 f"--resume: {key} would change what the run computes ({before!r} -> {after!r}); "

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mdm_core.errors import SpecError
 from mdm_core.kinds import KIND_LABELS, KIND_TABLE, SINGLE_SECTIONS
 from mdm_core.plugins import Registry, get_registry
+from mdm_core.shipped_specs import resolve_spec, shipped_spec
 
 #: Spec sections that hold a list of components (``evaluators``) → their kind.
 LIST_SECTIONS: dict[str, str] = {k.section: k.name for k in KIND_TABLE if k.is_list}
@@ -248,14 +249,15 @@ def _merge(base: DictConfig, child: DictConfig) -> DictConfig:
 
 def _find_base(base: str, spec_path: Path) -> Path:
     """``base:`` is relative to the working directory, else to the spec file's folder or one of
-    its ancestors (so ``base: specs/quickstart.yaml`` works from any directory), first match wins."""
+    its ancestors, else a shipped spec (``base: quickstart`` or ``base: specs/quickstart.yaml``
+    work from any directory, with or without the repository); first match wins."""
     candidate = Path(base)
     if candidate.is_absolute() or candidate.exists():
         return candidate
     for folder in [spec_path.parent, *spec_path.resolve().parent.parents]:
         if (folder / candidate).is_file():
             return folder / candidate
-    return spec_path.parent / candidate
+    return shipped_spec(base) or spec_path.parent / candidate
 
 
 def _key_sources(path: Path) -> dict[str, str]:
@@ -296,8 +298,8 @@ def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
 def load_spec(
     path: str | Path, overrides: list[str] | None = None, registry: Registry | None = None
 ) -> ResolvedSpec:
-    """Load, compose, override, resolve and validate a spec file."""
-    path = Path(path)
+    """Load, compose, override, resolve and validate a spec file (or a shipped spec by name)."""
+    path = resolve_spec(path)
     overrides = list(overrides or [])
     cfg = _merge_onto(OmegaConf.create(DEFAULT_COMPONENTS), _read(path, []), path, "the default component")
     for item in overrides:

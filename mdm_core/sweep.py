@@ -5,6 +5,8 @@ Each point of the grid is a list of dotlist overrides and runs as its own ``mdm 
 inside the sweep directory. ``sweep.json`` records the spec, the grid and, per point, its run
 directory and exit code; it is rewritten as points finish, so an interrupted sweep still says what
 ran. A failed point is recorded and never stops the others. ``mdm compare SWEEP_DIR`` reads it.
+``mdm sweep`` first loads and checks every point's spec (:func:`check_points`), so that a grid
+with one bad value starts nothing, rather than failing point after point.
 """
 
 from __future__ import annotations
@@ -98,6 +100,26 @@ def point_dir_name(overrides: Sequence[str]) -> str:
     return name
 
 
+def check_points(spec_path: str | Path, grid: dict[str, list[str]], base_overrides: Sequence[str]) -> int:
+    """Load and check (``load_spec`` + ``check_runnable``) the spec of every grid point; return how
+    many there are. Any bad point: one :class:`SpecError` (exit 2) listing each with its error."""
+    from mdm_core.spec import check_runnable, load_spec
+
+    points = grid_points(grid)
+    bad: list[str] = []
+    for overrides in points:
+        try:
+            check_runnable(load_spec(spec_path, [*base_overrides, *overrides]))
+        except MdmError as exc:
+            message = str(exc).replace("\n", "\n    ")  # a point's lines stay under its label
+            bad.append(f"  {point_label(overrides)}: {message}")
+    if bad:
+        raise SpecError(
+            f"sweep: {len(bad)} of {len(points)} points are invalid; nothing was started:\n" + "\n".join(bad)
+        )
+    return len(points)
+
+
 @dataclass
 class PointResult:
     """One grid point: its overrides, where its run lives, and how it ended (None: not finished)."""
@@ -108,6 +130,13 @@ class PointResult:
     log: Path
     exit_code: int | None = None
     seconds: float = 0.0
+
+    def log_tail(self, lines: int = 5) -> list[str]:
+        """The last non-empty lines of the point's output: what a failed point said last."""
+        if not self.log.is_file():
+            return []
+        text = self.log.read_text(errors="replace").splitlines()
+        return [line for line in text if line.strip()][-lines:]
 
     def to_json(self, root: Path) -> dict[str, Any]:
         return {

@@ -431,6 +431,8 @@ class Trainer:
                     {"kind": "eval", "step": step, "elapsed": self.elapsed, "tokens": self.tokens, **evals}
                 )
                 hooks.mdm_eval_end(run=self.context, step=step, metrics=evals)
+                if self.env.is_main and not final:  # a live curve; finish() draws the last one
+                    plot_curves(self.run_dir, floor=self.parts.bundle.info.get("floor_nats_per_token"))
                 window_start = time.perf_counter()
             hooks.mdm_step_end(run=self.context, step=step, metrics=metrics)
             if ckpt_due:

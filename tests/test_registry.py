@@ -189,6 +189,7 @@ def test_every_first_party_plugin_is_catalogued_truthfully() -> None:
         for ref in plugin.components:
             declared.setdefault(ref.kind, []).append(ref.name)
         assert dict(entry.components) == declared, entry.distribution
+        assert entry.spec_sections == [s.name for s in plugin.sections], entry.distribution
         assert plugin.version == entry.version
         assert entry.admits(core_version()), f"{entry.distribution} does not admit core {core_version()}"
 
@@ -200,6 +201,8 @@ def test_every_first_party_plugin_is_catalogued_truthfully() -> None:
         ({"version": "one"}, "version"),
         ({"components": {"optimizer": ["adam"]}}, "components"),
         ({"components": {"time_sampler": []}}, "components"),
+        ({"components": {}}, "spec_sections"),
+        ({"spec_sections": ["no-dashes"]}, "spec_sections"),
         ({"components": {"time_sampler": ["cosine-t"]}}, "components"),
         ({"core": "torch>=2"}, "core"),
         ({"core": "mdm-diffusion>=0.1,<<0.2"}, "core"),

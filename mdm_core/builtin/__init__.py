@@ -52,6 +52,24 @@ def mdm_components() -> list[ComponentRef]:
             "generate samples: NFE, token entropy, and the source's NLL where known",
         ),
         ComponentRef(
+            "evaluator",
+            "nll_by_t",
+            f"{_B}.diagnostics:NLLByTEvaluator",
+            "uniform-t NELBO split into t buckets (where in noise a model has learned)",
+        ),
+        ComponentRef(
+            "evaluator",
+            "nll_by_context",
+            f"{_B}.diagnostics:NLLByContextEvaluator",
+            "NLL of masked tokens by distance to the nearest visible token",
+        ),
+        ComponentRef(
+            "evaluator",
+            "sample_quality",
+            f"{_B}.diagnostics:SampleQualityEvaluator",
+            "samples from any sampler scored by the data's exact judge (Markov: true NLL)",
+        ),
+        ComponentRef(
             "data",
             "markov",
             f"{_D}.markov:MarkovSource",

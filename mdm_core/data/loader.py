@@ -5,10 +5,10 @@ epochs, each a permutation of the rows seeded by ``(seed, epoch)``, and optimise
 takes positions ``[s·G, (s+1)·G)`` of it. Resuming therefore needs only the step number, and
 every rank computes its own share without communication.
 
-The rows are materialised once as one ``int64`` tensor (through the numpy format, which reads
-the Arrow buffer directly; the torch format of ``datasets`` builds a tensor per row and is far
-slower). That is the simple, fast path for corpora that fit in memory, which the built-in
-sources produce.
+Rows are never materialised as a whole: :class:`TokenRows` views the dataset's Arrow buffers
+through numpy without copying (for a memory-mapped shard store, the file's pages) and gathers
+only the rows of a batch, widened to ``int64`` then. A rank therefore touches only the rows it
+trains on, whatever the corpus size.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch import Tensor
 
@@ -37,12 +38,56 @@ def rows_dataset(ids: np.ndarray, prompt_len: np.ndarray | None = None) -> datas
 
 
 def rows_tensor(dataset: datasets.Dataset, column: str = "input_ids") -> Tensor:
-    """One column of a dataset as a single ``int64`` tensor (``[N, L]`` or ``[N]``)."""
-    data = dataset.with_format("numpy")[:][column]
-    array = np.asarray(data)
-    if array.dtype == object:
-        raise MdmError(f"dataset column {column!r} has rows of different lengths; rows must be fixed-length")
-    return torch.from_numpy(array.astype(np.int64, copy=False))
+    """One column of a dataset as a single ``int64`` tensor (``[N, L]`` or ``[N]``); small data only."""
+    return TokenRows(dataset, column).take(np.arange(len(dataset)))
+
+
+class TokenRows:
+    """Zero-copy row access to one column of a dataset (``[N, L]`` fixed-length lists or ``[N]``).
+
+    The column's Arrow chunks are viewed as numpy arrays in place; ``take`` gathers rows from
+    them. A dataset with an indices mapping (after ``select``/``shuffle``) is flattened first.
+    """
+
+    def __init__(self, dataset: datasets.Dataset, column: str = "input_ids") -> None:
+        table = dataset.with_format("arrow")[:]  # a zero-copy slice unless an indices mapping exists
+        if column not in table.column_names:
+            raise MdmError(f"dataset has no column {column!r}; its columns are {table.column_names}")
+        chunks = [c for c in table.column(column).chunks if len(c)]
+        self.width: int | None = None
+        self._parts: list[np.ndarray] = []
+        for chunk in chunks:
+            if pa.types.is_fixed_size_list(chunk.type):
+                self.width = chunk.type.list_size
+                self._parts.append(chunk.flatten().to_numpy(zero_copy_only=False).reshape(-1, self.width))
+            elif pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type):
+                lengths = set(pc.list_value_length(chunk).to_numpy().tolist())
+                if len(lengths) > 1:
+                    raise MdmError(
+                        f"dataset column {column!r} has rows of different lengths; rows must be fixed-length"
+                    )
+                self.width = lengths.pop()
+                self._parts.append(chunk.flatten().to_numpy(zero_copy_only=False).reshape(-1, self.width))
+            else:
+                self._parts.append(chunk.to_numpy(zero_copy_only=False))
+        self._starts = np.cumsum([0] + [len(p) for p in self._parts])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def take(self, rows: np.ndarray | Tensor) -> Tensor:
+        """The given rows, in order, as one ``int64`` tensor."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not self._parts:
+            return torch.zeros((0, self.width or 0), dtype=torch.int64)
+        if len(self._parts) == 1:
+            return torch.from_numpy(self._parts[0][rows].astype(np.int64))
+        which = np.searchsorted(self._starts, rows, side="right") - 1
+        out = np.empty((len(rows), *self._parts[0].shape[1:]), dtype=np.int64)
+        for part in np.unique(which).tolist():
+            sel = which == part
+            out[sel] = self._parts[part][rows[sel] - self._starts[part]]
+        return torch.from_numpy(out)
 
 
 class BatchStream:
@@ -67,11 +112,11 @@ class BatchStream:
             )
         if not 0 <= rank < world_size:
             raise MdmError(f"rank {rank} is outside 0..{world_size - 1}")
-        self.ids = rows_tensor(dataset)
+        self.ids = TokenRows(dataset)
         if len(self.ids) == 0:
             raise MdmError("cannot batch an empty dataset")
         columns = dataset.column_names
-        self.prompt_len = rows_tensor(dataset, "prompt_len") if "prompt_len" in columns else None
+        self.prompt_len = TokenRows(dataset, "prompt_len") if "prompt_len" in columns else None
         self.vocab = vocab
         self.global_batch_size = global_batch_size
         self.local_batch_size = global_batch_size // world_size
@@ -82,7 +127,7 @@ class BatchStream:
 
     @property
     def num_rows(self) -> int:
-        return int(self.ids.shape[0])
+        return len(self.ids)
 
     def permutation(self, epoch: int) -> Tensor:
         """The row order of ``epoch``, seeded by ``(seed, epoch)``."""
@@ -120,8 +165,8 @@ class BatchStream:
     def batch(self, step: int, micro: int = 0, num_micro: int = 1) -> Batch:
         """The clean batch of optimiser step ``step`` (micro-batch ``micro`` of ``num_micro``)."""
         rows = self.indices(step, micro, num_micro)
-        prompt_len = None if self.prompt_len is None else self.prompt_len[rows]
-        return Batch.from_ids(self.ids[rows], self.vocab, prompt_len).to(self.device)
+        prompt_len = None if self.prompt_len is None else self.prompt_len.take(rows)
+        return Batch.from_ids(self.ids.take(rows), self.vocab, prompt_len).to(self.device)
 
 
 def iterate_eval(
@@ -139,12 +184,12 @@ def iterate_eval(
     """
     if batch_size < 1:
         raise MdmError(f"evaluation batch size must be at least 1, got {batch_size}")
-    ids = rows_tensor(dataset)
+    ids = TokenRows(dataset)
     columns = dataset.column_names
-    prompt = rows_tensor(dataset, "prompt_len") if "prompt_len" in columns else None
+    prompt = TokenRows(dataset, "prompt_len") if "prompt_len" in columns else None
     n = len(ids)
     lo, hi = rank * n // world_size, (rank + 1) * n // world_size
     for start in range(lo, hi, batch_size):
-        end = min(start + batch_size, hi)
-        plen = None if prompt is None else prompt[start:end]
-        yield Batch.from_ids(ids[start:end], vocab, plen).to(device)
+        rows = np.arange(start, min(start + batch_size, hi))
+        plen = None if prompt is None else prompt.take(rows)
+        yield Batch.from_ids(ids.take(rows), vocab, plen).to(device)

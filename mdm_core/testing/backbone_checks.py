@@ -99,6 +99,12 @@ def check_backbone(
     block k; and, unless ``kv_cache=False`` (a backbone without a cache, which block samplers then
     cannot use), a KV cache is exact: block by block with ``append`` equals one block-causal pass,
     and a noisy block over the cached clean prefix equals the noisy half of the BD3 pass.
+
+    The laws of a layout run only when the backbone claims it (``Backbone.layouts``; ``"any"``
+    claims all): every backbone honours ``full`` (with key padding); ``block_causal`` and
+    ``mask`` have their own laws; the ``z ⊕ x`` inputs, per-block times and the KV cache are laws
+    of backbones claiming both ``bd3`` and ``block_causal``. Layout names the kit does not know
+    (a plug-in's) are the plug-in's to check.
     """
 
     @law_settings(max_examples)
@@ -112,6 +118,8 @@ def check_backbone(
         g = generator(seed)
         model = make(RunShape(vocab=vocab, seq_len=length, batch_size=size, seed=seed))
         model.eval()
+        honours = type(model).honours
+        require(honours("full"), "every backbone honours the full layout (layout=None means it)")
         x = torch.randint(0, vocab.num_regular, (size, length), generator=g)
         z = torch.where(torch.rand((size, length), generator=g) < 0.5, vocab.mask_id, x)
         time = torch.rand((size,), generator=g) if model.uses_time else None
@@ -135,14 +143,18 @@ def check_backbone(
             # Layouts: no information flow that the layout forbids.
             changed = torch.zeros((size, length), dtype=torch.bool)
             changed[:, data.draw(st.integers(0, length - 1), label="changed position")] = True
-            _check_hidden(model, z, time, causal, changed, "block_causal layout")
-            rank = torch.stack([torch.randperm(length, generator=g) for _ in range(size)])
-            order = rank[:, None, :] <= rank[:, :, None]
-            mask = order & (torch.rand((size, length, length), generator=g) < 0.7)
-            _check_hidden(model, z, time, MaskLayout(mask=mask), changed, "mask layout")
+            if honours("block_causal"):
+                _check_hidden(model, z, time, causal, changed, "block_causal layout")
+            if honours("mask"):
+                rank = torch.stack([torch.randperm(length, generator=g) for _ in range(size)])
+                order = rank[:, None, :] <= rank[:, :, None]
+                mask = order & (torch.rand((size, length, length), generator=g) < 0.7)
+                _check_hidden(model, z, time, MaskLayout(mask=mask), changed, "mask layout")
             real = torch.rand((size, length), generator=g) < 0.6
             real[:, 0] = True
             _check_hidden(model, z, time, FullLayout(key_padding=real), ~real, "key padding")
+            if not (honours("bd3") and honours("block_causal")):
+                return
 
             # Repeated position ids (z ⊕ x, longer than max_len): positions come from position_ids.
             law = "repeated position ids (z ⊕ x: 2L inputs, both halves at positions 0..L-1)"

@@ -72,10 +72,12 @@ def test_ar_nll_is_bd3_full_mask_and_the_chain_rule_of_generation(data: st.DataO
     assert torch.allclose(ours.double(), total / eligible.sum(), rtol=1e-5, atol=1e-5)
 
 
-def test_kit_laws_hold_except_the_masking_rate_law() -> None:
-    # AR masks every target whatever t (it draws no times), which the kit's last law ("masking
-    # grows with t from ~0") assumes away: every earlier law (shapes, masks, weights, determinism,
-    # state, loss_weight, inference record) has passed when that one is reached.
+def test_kit_laws_hold() -> None:
+    # AR masks every target whatever t (it draws no times): the kit's absorbing-style laws (MASK
+    # inputs exactly on the loss mask, masking growing with t from ~0) do not apply, every other
+    # law does (shapes, loss mask on non-pad non-prompt positions, weights, determinism, state,
+    # loss_weight, the inference record).
+    check_forward_process(lambda shape: ARProcess(None, shape), per_token=False)
     with pytest.raises(AssertionError, match="at t = 1e-6 almost nothing may be masked"):
         check_forward_process(lambda shape: ARProcess(None, shape))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from mdm_plugin_blockwise.locality import (
@@ -22,7 +24,6 @@ from mdm_core.interfaces import (
     ForwardProcess,
     KVCache,
     RunShape,
-    SampleOutput,
     SamplingContext,
     Vocab,
 )
@@ -30,47 +31,27 @@ from mdm_core.testing import check_sampler
 from mdm_core.testing.sampler_checks import check_oracle_law
 
 
-def locality_context(structure: str, vocab: Vocab, length: int, size: int) -> SamplingContext:
-    shape = RunShape(vocab=vocab, seq_len=length)
-    process: ForwardProcess
-    if structure == "jigsaw":
-        process = JigsawProcess(JigsawProcess.Params(block_size=size), shape)
-    else:
+def locality_process(structure: str, size: int) -> Callable[[RunShape], ForwardProcess]:
+    """``make(shape)`` of a locality process: the kit checks the sampler under its record."""
+
+    def make(shape: RunShape) -> ForwardProcess:
+        if structure == "jigsaw":
+            return JigsawProcess(JigsawProcess.Params(block_size=size), shape)
         cls = BlockProcess if structure == "block" else ScatterProcess
-        process = cls(cls.Params(block_size=size), shape)
-    return SamplingContext.of(process, "cpu")
+        return cls(cls.Params(block_size=size), shape)
+
+    return make
 
 
-class Under(LocalitySampler):
-    """The sampler with the kit's context swapped for one of a locality process (same vocabulary).
-
-    The kit builds its sampling context from the ``absorbing`` process (structure ``full``), which
-    this sampler refuses; everything else about the kit's laws applies unchanged.
-    """
-
-    def __init__(self, structure: str, size: int, params: LocalitySampler.Params) -> None:
-        super().__init__(params)
-        self.structure, self.size = structure, size
-
-    def generate(
-        self,
-        model: Backbone,
-        ctx: SamplingContext,
-        num_samples: int,
-        length: int,
-        generator: torch.Generator,
-        prompt: Tensor | None = None,
-        prompt_mask: Tensor | None = None,
-    ) -> SampleOutput:
-        ours = locality_context(self.structure, ctx.vocab, length, self.size)
-        return super().generate(model, ours, num_samples, length, generator, prompt, prompt_mask)
+def locality_context(structure: str, vocab: Vocab, length: int, size: int) -> SamplingContext:
+    return SamplingContext.of(locality_process(structure, size)(RunShape(vocab=vocab, seq_len=length)), "cpu")
 
 
 @pytest.mark.parametrize("structure", ["block", "scatter", "jigsaw"])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_structural_laws_of_the_kit(structure: str, temperature: float) -> None:
     params = LocalitySampler.Params(temperature=temperature)
-    check_sampler(lambda: Under(structure, 3, params), max_examples=6)
+    check_sampler(lambda: LocalitySampler(params), max_examples=6, process=locality_process(structure, 3))
 
 
 def test_block_decoding_one_token_at_a_time_samples_the_exact_joint() -> None:
@@ -81,7 +62,7 @@ def test_block_decoding_one_token_at_a_time_samples_the_exact_joint() -> None:
     inside the first block. (A token fixed in a later block is invisible to earlier blocks by
     construction, so Block cannot sample that conditional.)"""
     params = LocalitySampler.Params(temperature=1.0)
-    check_oracle_law(lambda: Under("block", 3, params), samples=4096)
+    check_oracle_law(lambda: LocalitySampler(params), samples=4096, process=locality_process("block", 3))
 
 
 def test_models_of_other_structures_are_refused() -> None:

@@ -60,6 +60,12 @@ class ARProcess(ForwardProcess):
     def structure(cls, params: BaseParams) -> str:
         return "ar"
 
+    @classmethod
+    def layouts(cls, params: BaseParams) -> frozenset[str]:
+        """Trained as BD3 with blocks of one (MASK queries over z ⊕ x), generated causally."""
+        del params
+        return frozenset({"bd3", "block_causal"})
+
     def inference(self) -> InferenceRecord:
         """Left to right under the causal layout; per-position (block) time input, t = 1."""
         return InferenceRecord(structure="ar", block_size=1, layout=causal, time_input="block")

@@ -149,6 +149,12 @@ class BD3Process(ForwardProcess):
     def structure(cls, params: BaseParams) -> str:
         return "bd3"
 
+    @classmethod
+    def layouts(cls, params: BaseParams) -> frozenset[str]:
+        """Trained under the BD3 layout over z ⊕ x, generated block-causally."""
+        del params
+        return frozenset({"bd3", "block_causal"})
+
     @property
     def block_size(self) -> int:
         return self.params.block_size

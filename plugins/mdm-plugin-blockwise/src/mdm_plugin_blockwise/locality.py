@@ -220,6 +220,11 @@ class _LocalityAbsorbing(AbsorbingProcess):
         del params
         return cls.structure_name
 
+    @classmethod
+    def layouts(cls, params: BaseParams) -> frozenset[str]:
+        del params
+        return frozenset({LAYOUTS[cls.structure_name].name})
+
     def inference(self) -> InferenceRecord:
         """Generation record: this structure, its block size, the schedule's α_t and its inverse."""
         size = self.params.block_size
@@ -290,6 +295,11 @@ class JigsawProcess(ForwardProcess):
     def structure(cls, params: BaseParams) -> str:
         del params
         return "jigsaw"
+
+    @classmethod
+    def layouts(cls, params: BaseParams) -> frozenset[str]:
+        del params
+        return frozenset({"locality_jigsaw"})
 
     def inference(self) -> InferenceRecord:
         """Generation record: Jigsaw structure, block size, t = masked share of the blocks."""
