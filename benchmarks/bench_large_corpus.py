@@ -11,6 +11,11 @@ validation file), then runs three phases, each in a fresh process so its RSS hig
    ``steps // 2`` (a resume) must give the same hashes.
 3. ``train``: ``mdm train`` of a tiny DiT for ``--train-steps`` steps through the store.
 
+``VmHWM`` counts the file-backed pages of the memory-mapped store too (clean page cache the
+kernel can drop), so each phase also samples ``RssAnon`` (heap, stacks, anonymous maps),
+``RssFile`` (file-backed, including the store) and ``RssShmem`` every 20 ms from a background
+thread and reports the peak of each: a flat ``RssAnon`` is what "memory stays flat" means.
+
 The corpus and the store are deleted afterwards unless ``--keep``. Prints a Markdown table.
 
     .venv/bin/python benchmarks/bench_large_corpus.py --sizes-mb 100 1000
@@ -27,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -38,12 +44,72 @@ CHUNK = 16 << 20
 WORDS_PER_LINE = 20
 
 
-def status_mib(field: str) -> float:
-    """A ``/proc/self/status`` memory field in MiB (Linux)."""
+SAMPLED = ("RssAnon", "RssFile", "RssShmem")
+
+
+def status_mib(fields: tuple[str, ...]) -> dict[str, float]:
+    """``/proc/self/status`` memory fields in MiB (Linux)."""
+    found = {}
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise SystemExit(f"/proc/self/status has no {field}: this benchmark needs Linux")
+        name, _, value = line.partition(":")
+        if name in fields:
+            found[name] = int(value.split()[0]) / 1024
+    missing = set(fields) - set(found)
+    if missing:
+        raise SystemExit(f"/proc/self/status has no {sorted(missing)}: this benchmark needs Linux >= 4.5")
+    return found
+
+
+def store_rss_mib() -> float:
+    """Resident MiB of this process's mappings of ``.arrow`` files (the store), from ``smaps``.
+
+    Tells how much of ``RssFile`` is the mapped store rather than shared libraries.
+    """
+    total, in_store = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's header line
+            in_store = head[-1].endswith(".arrow")
+        elif in_store and head[:1] == ["Rss:"]:
+            total += int(head[1])
+    return total / 1024
+
+
+class PeakSampler:
+    """Peaks of ``RssAnon``/``RssFile``/``RssShmem``, sampled from a thread while a phase runs.
+
+    The kernel keeps a high-water mark only for the total (``VmHWM``); the split between heap
+    and mapped file pages has to be sampled, and 20 ms is far shorter than any phase. The
+    store's own share (``StoreRss``, from ``smaps``, costlier to read) is sampled every 25th tick.
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peaks = {**status_mib(SAMPLED), "StoreRss": store_rss_mib()}
+        self.samples = 1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self, store: bool = False) -> None:
+        """One sample; ``store`` also reads ``smaps`` (call it while the store is still mapped)."""
+        for name, value in status_mib(SAMPLED).items():
+            self.peaks[name] = max(self.peaks[name], value)
+        if store or self.samples % 25 == 0:
+            self.peaks["StoreRss"] = max(self.peaks["StoreRss"], store_rss_mib())
+        self.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
 
 
 def generate(path: Path, size: int, seed: int) -> None:
@@ -76,14 +142,24 @@ def data_spec(corpus: Path, cache: Path, seq_len: int) -> dict[str, Any]:
 
 
 def phase(args: argparse.Namespace) -> None:
-    """One phase in this (fresh) process; prints a JSON record."""
+    """One phase in this (fresh) process, memory sampled throughout; prints a JSON record."""
+    record: dict[str, Any] = {"phase": args.phase}
+    with PeakSampler() as sampler:
+        phase_work(args, record, sampler)
+    record["peak_mib"] = sampler.peaks
+    record["samples"] = sampler.samples
+    record["peak_rss_mib"] = status_mib(("VmHWM",))["VmHWM"]
+    print(json.dumps(record))
 
+
+def phase_work(args: argparse.Namespace, record: dict[str, Any], sampler: PeakSampler) -> None:
+    """The phase's own work: build, reuse (+ resume check) or train; fills ``record``."""
     from mdm_core.data.loader import BatchStream
     from mdm_core.data.text import TextFileSource
 
+    record["after_import_mib"] = status_mib(SAMPLED)  # the interpreter, torch and datasets
     spec = json.loads(args.phase_spec)
     params = {k: v for k, v in spec.items() if k != "name"}
-    record: dict[str, Any] = {"phase": args.phase}
     start = time.perf_counter()
     if args.phase == "train":
         from mdm_core.spec import load_spec
@@ -136,8 +212,7 @@ def phase(args: argparse.Namespace) -> None:
             ]
             record["resume_exact"] = again == hashes[half:]
             record["batch_dtype"] = str(stream.batch(0).input_ids.dtype)
-    record["peak_rss_mib"] = status_mib("VmHWM")
-    print(json.dumps(record))
+        sampler.sample(store=True)
 
 
 def run_phase(name: str, spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -196,18 +271,32 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}; {date.today()}")
     print(
-        "| corpus | tokens (train) | tokenise s | peak RSS build | reuse load s | peak RSS reuse "
-        "| batches/s | resume exact | train steps/s | peak RSS train |"
+        "| corpus | tokens (train) | store MB | tokenise s | reuse load s | batches/s | resume exact "
+        "| train steps/s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         b, u, t = r["build"], r["reuse"], r["train"]
         print(
-            f"| {r['corpus_mb']} MB | {b['info']['train_tokens']:,} | {b['load_seconds']:.0f} "
-            f"| {b['peak_rss_mib']:.0f} MiB | {u['load_seconds']:.2f} | {u['peak_rss_mib']:.0f} MiB "
-            f"| {u['batches_per_s']:.0f} | {u['resume_exact']} | {t['steps_per_s']:.1f} "
-            f"| {t['peak_rss_mib']:.0f} MiB |"
+            f"| {r['corpus_mb']} MB | {b['info']['train_tokens']:,} | {r['store_mb']:.0f} "
+            f"| {b['load_seconds']:.0f} | {u['load_seconds']:.2f} | {u['batches_per_s']:.0f} "
+            f"| {u['resume_exact']} | {t['steps_per_s']:.2f} |"
         )
+    print()
+    print(
+        "| corpus | phase | RssAnon after imports | peak RssAnon | peak RssFile | of which the store "
+        "| peak RssShmem | VmHWM |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        for name in ("build", "reuse", "train"):
+            ph, peak = r[name], r[name]["peak_mib"]
+            print(
+                f"| {r['corpus_mb']} MB | {name} | {ph['after_import_mib']['RssAnon']:.0f} MiB "
+                f"| {peak['RssAnon']:.0f} MiB | {peak['RssFile']:.0f} MiB | {peak['StoreRss']:.0f} MiB "
+                f"| {peak['RssShmem']:.0f} MiB "
+                f"| {ph['peak_rss_mib']:.0f} MiB |"
+            )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
