@@ -11,7 +11,7 @@ i % world == r) and so explain that one number rather than estimate a new one.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,16 +22,13 @@ from torchmetrics import SumMetric
 from mdm_core.builtin.evaluators import (
     EVAL_EPS,
     PerSequenceStratified,
-    batch_generator,
     float64_sum,
-    rank_and_world,
+    scored_batches,
     unigram_entropy,
 )
 from mdm_core.builtin.losses import subs_logits
-from mdm_core.builtin.samplers import inference
 from mdm_core.errors import MdmError, SpecError
 from mdm_core.interfaces import (
-    Batch,
     EvalContext,
     Evaluator,
     EvaluatorParams,
@@ -88,37 +85,6 @@ class BucketStratified(TimeSampler):
         copy = torch.arange(shape[0], device=generator.device, dtype=torch.float64) % self.draws
         u = (offset + copy.view(-1, *([1] * (len(shape) - 1)))) / self.draws
         return self.quantile(u).to(torch.float32)
-
-
-def scored_batches(
-    ctx: EvalContext, times: TimeSampler, draws: int, max_batches: int | None
-) -> Iterator[tuple[TrainingExample, Tensor]]:
-    """This rank's evaluation batches as (example, logits of the target positions), each sequence
-    repeated ``draws`` times, with the ``nll`` evaluator's seeded masks; runs under ``inference``."""
-    per_batch = max(1, ctx.batch_size // draws)
-    num_batches = math.ceil(len(ctx.dataset) / per_batch)
-    if max_batches is not None:
-        num_batches = min(num_batches, max_batches)
-    process = ctx.forward_process.likelihood_process()
-    rank, world = rank_and_world()
-    with inference(ctx.model):
-        for index in range(rank, num_batches, world):
-            rows = ctx.dataset[index * per_batch : (index + 1) * per_batch]
-            ids = torch.as_tensor(rows["input_ids"], dtype=torch.long)
-            prompt_len = torch.as_tensor(rows["prompt_len"]) if "prompt_len" in rows else None
-            batch = Batch.from_ids(
-                ids.repeat_interleave(draws, dim=0).to(ctx.device),
-                ctx.vocab,
-                None if prompt_len is None else prompt_len.repeat_interleave(draws),
-            )
-            example = process.prepare(batch, times, batch_generator(ctx.seed, index))
-            logits = ctx.model(
-                example.input_ids,
-                time_cond=example.t if ctx.model.uses_time else None,
-                layout=example.layout,
-                position_ids=example.position_ids,
-            )
-            yield example, logits[:, : example.targets.shape[1]]
 
 
 def masked_nll(logits: Tensor, example: TrainingExample, ctx: EvalContext) -> tuple[Tensor, Tensor, Tensor]:

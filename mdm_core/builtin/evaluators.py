@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ from torchmetrics import SumMetric
 from mdm_core.builtin.losses import mdlm_reference
 from mdm_core.builtin.samplers import inference
 from mdm_core.errors import MdmError
-from mdm_core.interfaces import Batch, EvalContext, Evaluator, EvaluatorParams, TimeSampler
+from mdm_core.interfaces import Batch, EvalContext, Evaluator, EvaluatorParams, TimeSampler, TrainingExample
 
 #: Smallest t of the evaluation draws, as in the uniform training sampler.
 EVAL_EPS = 1e-3
@@ -80,6 +81,37 @@ def float64_sum(device: torch.device) -> SumMetric:
     return metric
 
 
+def scored_batches(
+    ctx: EvalContext, times: TimeSampler, draws: int, max_batches: int | None
+) -> Iterator[tuple[TrainingExample, Tensor]]:
+    """This rank's evaluation batches as (example, logits of the target positions), each sequence
+    repeated ``draws`` times, with the ``nll`` evaluator's seeded masks; runs under ``inference``."""
+    per_batch = max(1, ctx.batch_size // draws)
+    num_batches = math.ceil(len(ctx.dataset) / per_batch)
+    if max_batches is not None:
+        num_batches = min(num_batches, max_batches)
+    process = ctx.forward_process.likelihood_process()
+    rank, world = rank_and_world()
+    with inference(ctx.model):
+        for index in range(rank, num_batches, world):
+            rows = ctx.dataset[index * per_batch : (index + 1) * per_batch]
+            ids = torch.as_tensor(rows["input_ids"], dtype=torch.long)
+            prompt_len = torch.as_tensor(rows["prompt_len"]) if "prompt_len" in rows else None
+            batch = Batch.from_ids(
+                ids.repeat_interleave(draws, dim=0).to(ctx.device),
+                ctx.vocab,
+                None if prompt_len is None else prompt_len.repeat_interleave(draws),
+            )
+            example = process.prepare(batch, times, batch_generator(ctx.seed, index))
+            logits = ctx.model(
+                example.input_ids,
+                time_cond=example.t if ctx.model.uses_time else None,
+                layout=example.layout,
+                position_ids=example.position_ids,
+            )
+            yield example, logits[:, : example.targets.shape[1]]
+
+
 class NLLEvaluator(Evaluator):
     """Uniform-t NELBO with fixed seeded masks: nats/token, bits/token and perplexity.
 
@@ -103,34 +135,12 @@ class NLLEvaluator(Evaluator):
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         draws = self.params.draws
-        per_batch = max(1, ctx.batch_size // draws)
-        num_batches = math.ceil(len(ctx.dataset) / per_batch)
-        if self.params.max_batches is not None:
-            num_batches = min(num_batches, self.params.max_batches)
-        process = ctx.forward_process.likelihood_process()
         times = PerSequenceStratified(draws)
-        rank, world = rank_and_world()
         nll_sum, tokens = float64_sum(ctx.device), float64_sum(ctx.device)
-        with inference(ctx.model):
-            for index in range(rank, num_batches, world):
-                rows = ctx.dataset[index * per_batch : (index + 1) * per_batch]
-                ids = torch.as_tensor(rows["input_ids"], dtype=torch.long)
-                prompt_len = torch.as_tensor(rows["prompt_len"]) if "prompt_len" in rows else None
-                batch = Batch.from_ids(
-                    ids.repeat_interleave(draws, dim=0).to(ctx.device),
-                    ctx.vocab,
-                    None if prompt_len is None else prompt_len.repeat_interleave(draws),
-                )
-                example = process.prepare(batch, times, batch_generator(ctx.seed, index))
-                logits = ctx.model(
-                    example.input_ids,
-                    time_cond=example.t if ctx.model.uses_time else None,
-                    layout=example.layout,
-                    position_ids=example.position_ids,
-                )
-                out = mdlm_reference(logits[:, : example.targets.shape[1]], example, ctx.vocab)
-                nll_sum.update(out.weighted_nll_sum.to(torch.float64))
-                tokens.update(out.num_tokens.to(torch.float64))
+        for example, logits in scored_batches(ctx, times, draws, self.params.max_batches):
+            out = mdlm_reference(logits, example, ctx.vocab)
+            nll_sum.update(out.weighted_nll_sum.to(torch.float64))
+            tokens.update(out.num_tokens.to(torch.float64))
         total, count = float(nll_sum.compute()), float(tokens.compute())
         if count == 0:
             raise MdmError("nll evaluator: the validation set has no non-pad, non-prompt tokens to score")
