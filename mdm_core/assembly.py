@@ -156,19 +156,36 @@ class LoadedRun:
     step: int
 
 
+#: Spec keys an evaluation of a trained run may change: how it is decoded and judged, never what
+#: was trained (``trainer.eval_batch_size`` only sets how many sequences go through at once).
+EVAL_OVERRIDABLE = ("sampler", "evaluators", "trainer.eval_batch_size")
+
+
 def load_run(
-    run_dir: str | Path, device: str | torch.device | None = None, step: int | None = None
+    run_dir: str | Path,
+    device: str | torch.device | None = None,
+    step: int | None = None,
+    overrides: list[str] | None = None,
 ) -> LoadedRun:
     """Rebuild a trained run from its directory: spec, tokenizer, validation split, checkpoint.
 
     The data source is constructed from its params (evaluators may use it, e.g. the Markov
     chain) but never loaded; the run shape is rank 0's shape in training. ``step``: that
-    checkpoint instead of the latest (verified like a resume).
+    checkpoint instead of the latest (verified like a resume). ``overrides``: ``key=value`` for
+    the keys of ``EVAL_OVERRIDABLE`` (e.g. another sampler's steps), validated like a spec.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "resolved.yaml").is_file():
         raise MdmError(f"{run_dir} is not a run directory (no resolved.yaml)", exit_code=2)
-    spec = load_spec(run_dir / "resolved.yaml")
+    for item in overrides or []:
+        key = item.partition("=")[0].strip().removeprefix("+")
+        if not any(key == allowed or key.startswith(f"{allowed}.") for allowed in EVAL_OVERRIDABLE):
+            raise MdmError(
+                f"--set {item!r}: an evaluation may change only {', '.join(EVAL_OVERRIDABLE)} "
+                "(how the trained model is decoded and judged); retrain to change anything else",
+                exit_code=2,
+            )
+    spec = load_spec(run_dir / "resolved.yaml", overrides)
     point = checkpoint.resume_point(run_dir / "ckpt", step)  # verified; a damaged one is exit 3
     if point is None:
         raise MdmError(f"{run_dir} has no checkpoint yet")

@@ -114,19 +114,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mdm_core.pretrained import is_run_dir, load_pretrained
 
     if not is_run_dir(args.run):  # an exported model (a folder or a Hub id)
-        if args.ckpt is not None:
-            raise MdmError("eval: --ckpt picks a checkpoint of a run directory; an exported model has one", 2)
+        if args.ckpt is not None or args.set:
+            flag = "--ckpt" if args.ckpt is not None else "--set"
+            raise MdmError(
+                f"eval: {flag} is for run directories; an exported model has one checkpoint and spec", 2
+            )
         model = load_pretrained(args.run)
         evaluators, ctx = model.evaluation(Path(args.data) if args.data else None)
         step = model.step
     elif args.data:
         raise MdmError("eval: --data is for exported models; a run evaluates on its own validation split", 2)
     else:
-        if args.ckpt is None:
-            loaded = load_run(args.run)
-        else:
+        if args.ckpt is not None:
             _check_ckpt_step(Path(args.run), args.ckpt)
-            loaded = load_run(args.run, step=args.ckpt)  # verified like a resume
+        loaded = load_run(args.run, step=args.ckpt, overrides=args.set)  # verified like a resume
         parts = loaded.parts
         evaluators, step = parts.evaluators, loaded.step
         ctx = eval_context(parts, parts.model, loaded.spec.run.trainer, loaded.device)
@@ -290,7 +291,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(comparison.markdown(_compare_command(args)))
     else:
         print(comparison.table_text())
-    pictures = "compare.png" + (", nll_by_t.png" if (out / "nll_by_t.png").is_file() else "")
+    extra = [f"{name}.png" for name in ("nll_by_t", "nll_by_context") if (out / f"{name}.png").is_file()]
+    pictures = ", ".join(["compare.png", *extra])
     print(f"plots: {out} ({pictures})   table: {out / 'compare.json'}")
     return 0
 
@@ -546,6 +548,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ckpt", type=int, metavar="STEP", help="evaluate the checkpoint of this step (default: the latest)"
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="decode or judge differently, e.g. --set sampler.steps=16 (sampler.*, evaluators, "
+        "trainer.eval_batch_size only); repeatable",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="generate text from a run or an exported model")
@@ -592,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target", type=float, help="target value of --metric (default: baseline's final)")
     p.add_argument("--target-nll", type=float, help="the same as --target for val/nll")
-    p.add_argument("--out", help="where compare.png / compare.json (/ nll_by_t.png) go")
+    p.add_argument("--out", help="where compare.png / compare.json (/ nll_by_t.png, nll_by_context.png) go")
     p.add_argument("--ci", type=float, default=0.9, help="level of the bootstrap intervals over seeds")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (at least 2000)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling")

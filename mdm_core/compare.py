@@ -49,6 +49,8 @@ DEFAULT_METRIC = "val/nll"
 MIN_RESAMPLES = 2000
 #: Prefix of the ``nll_by_t`` evaluator's bucket metrics (``all`` is their mean, not a bucket).
 NLL_BY_T = "val/nll_by_t/"
+#: Bucketed diagnostics drawn as heat maps (bucket × step): metric prefix → (file stem, axis label).
+BUCKET_METRICS = {NLL_BY_T: ("nll_by_t", "t"), "val/nll_by_context/": ("nll_by_context", "distance")}
 
 
 @dataclass
@@ -554,7 +556,7 @@ def compare_runs(
     bootstrap_seed: int = 0,
 ) -> Comparison:
     """Compare runs as arms (see the module docstring); write compare.json and compare.png (and
-    nll_by_t.png when the runs logged the ``nll_by_t`` evaluator) to out_dir.
+    nll_by_t.png / nll_by_context.png when the runs logged those evaluators) to out_dir.
 
     ``metric`` is any eval metric in metrics.jsonl (``val/nll``, ``val/puzzle_acc`` ...);
     ``higher_is_better`` defaults to True for accuracies (names containing "acc"); ``ci``,
@@ -589,23 +591,27 @@ def compare_runs(
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "compare.json").write_text(json.dumps(comparison.to_json(), indent=1) + "\n")
         plot_comparison(comparison, out_dir / "compare.png")
-        heat = nll_by_t_maps(comparison)
-        if heat:
-            from mdm_core.plotting import plot_nll_by_t
+        from mdm_core.plotting import plot_buckets
 
-            plot_nll_by_t(heat, out_dir / "nll_by_t.png", baseline=base.label)
+        for prefix, (name, axis) in BUCKET_METRICS.items():
+            heat = bucket_maps(comparison, prefix)
+            if heat:
+                plot_buckets(heat, out_dir / f"{name}.png", baseline=base.label, axis=axis)
     return comparison
 
 
-def nll_by_t_maps(comparison: Comparison) -> dict[str, tuple[list[int], list[str], np.ndarray]]:
-    """Per arm that logged ``nll_by_t``: (steps, bucket names, seed-mean density ``[buckets, steps]``)
-    over the evaluation steps all its seeds share; arms without it are left out."""
+def bucket_maps(
+    comparison: Comparison, prefix: str = NLL_BY_T
+) -> dict[str, tuple[list[int], list[str], np.ndarray]]:
+    """Per arm that logged a bucketed diagnostic (``prefix``: ``nll_by_t`` or ``nll_by_context``):
+    (steps, bucket names, seed-mean value ``[buckets, steps]``) over the evaluation steps all its
+    seeds share; arms without it are left out."""
     maps = {}
     for arm in comparison.arms:
-        per_run = [_bucket_curves(r.path) for r in arm.runs]
+        per_run = [_bucket_curves(r.path, prefix) for r in arm.runs]
         if not all(per_run):
             continue
-        names = sorted(set.intersection(*(set(c) for c in per_run)), key=lambda n: float(n.split("-")[0]))
+        names = sorted(set.intersection(*(set(c) for c in per_run)), key=_bucket_start)
         if not names:
             continue
         steps = sorted(set.intersection(*(set(c[n]) for c in per_run for n in names)))
@@ -616,15 +622,22 @@ def nll_by_t_maps(comparison: Comparison) -> dict[str, tuple[list[int], list[str
     return maps
 
 
-def _bucket_curves(run_dir: Path) -> dict[str, dict[int, float]]:
-    """bucket name → {step: density} from a run's ``val/nll_by_t/<lo>-<hi>`` metrics."""
+def _bucket_start(name: str) -> float:
+    """Sort key of a bucket name: ``0.100-0.200`` (t), ``3-4`` or ``9+`` (distance)."""
+    return float(name.split("-")[0].rstrip("+"))
+
+
+def _bucket_curves(run_dir: Path, prefix: str) -> dict[str, dict[int, float]]:
+    """bucket name → {step: value} from a run's ``<prefix><bucket>`` metrics (not ``all``, not the
+    ``share/`` sub-metrics)."""
     curves: dict[str, dict[int, float]] = {}
     for m in read_metrics(run_dir):
         if m.get("kind") != "eval":
             continue
         for key, value in m.items():
-            if key.startswith(NLL_BY_T) and key != NLL_BY_T + "all":
-                curves.setdefault(key[len(NLL_BY_T) :], {})[int(m["step"])] = float(value)
+            bucket = key[len(prefix) :]
+            if key.startswith(prefix) and bucket != "all" and "/" not in bucket:
+                curves.setdefault(bucket, {})[int(m["step"])] = float(value)
     return curves
 
 

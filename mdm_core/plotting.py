@@ -41,12 +41,16 @@ def plot_curves(run_dir: Path, floor: float | None = None) -> Path:
     return out
 
 
-def plot_nll_by_t(
-    maps: dict[str, tuple[list[int], list[str], np.ndarray]], path: Path, baseline: str | None = None
+def plot_buckets(
+    maps: dict[str, tuple[list[int], list[str], np.ndarray]],
+    path: Path,
+    baseline: str | None = None,
+    axis: str = "t",
 ) -> Path:
-    """Heat maps of the ``nll_by_t`` densities (t bucket × step), one column per arm, one colour
-    scale for all; with a baseline among several arms, a second row shows arm − baseline at the
-    steps both share (blue: the arm is lower, i.e. better, at that noise level)."""
+    """Heat maps of a bucketed diagnostic (``nll_by_t``: t bucket × step; ``nll_by_context``:
+    distance bucket × step), one column per arm, one colour scale for all; with a baseline among
+    several arms, a second row shows arm − baseline at the steps both share (blue: the arm is
+    lower, i.e. better, in that bucket)."""
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
 
@@ -60,8 +64,8 @@ def plot_nll_by_t(
         steps, names, grid = maps[label]
         ax = axes[0, col]
         image = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", vmin=low, vmax=high)
-        _bucket_axes(ax, steps, names, label)
-        fig.colorbar(image, ax=ax, label="NELBO density, nats/token")
+        _bucket_axes(ax, steps, names, label, axis)
+        fig.colorbar(image, ax=ax, label="nats/token")
         if not diff:
             continue
         ax = axes[1, col]
@@ -77,16 +81,16 @@ def plot_nll_by_t(
         bound = float(np.abs(delta).max()) or 1.0
         norm = TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound)
         image = ax.imshow(delta, aspect="auto", origin="lower", cmap="RdBu_r", norm=norm)
-        _bucket_axes(ax, shared, names, f"{label} − baseline")
+        _bucket_axes(ax, shared, names, f"{label} − baseline", axis)
         fig.colorbar(image, ax=ax, label="Δ nats/token")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
 
 
-def _bucket_axes(ax: Any, steps: list[int], names: list[str], title: str) -> None:
+def _bucket_axes(ax: Any, steps: list[int], names: list[str], title: str, axis: str) -> None:
     every = max(1, -(-len(steps) // 6))
     ax.set_xticks(range(0, len(steps), every), [str(s) for s in steps[::every]])
-    ax.set_yticks(range(len(names)), [f"t {n}" for n in names], fontsize=7)
+    ax.set_yticks(range(len(names)), [f"{axis} {n}" for n in names], fontsize=7)
     ax.set_xlabel("step")
     ax.set_title(title, fontsize=9)

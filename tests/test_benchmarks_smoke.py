@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -121,7 +122,32 @@ def test_bench_sampling_quick() -> None:
         assert cached["nfe"] <= cached["distinct_states"] <= cached["state_bound"] <= n * 8 + 1
         assert cached["nfe"] <= uncached["nfe"] <= 41
         assert rows[(n, "confidence (8 steps)")]["nfe"] == 8
-    assert any("blockwise plug-in not built" in line for line in result["not_measured"])
+    assert any("bench_block_sampler.py" in line for line in result["not_measured"])
+
+
+def test_bench_block_sampler_quick() -> None:
+    result = script("bench_block_sampler").main(
+        [
+            "--quick",
+            "--threads",
+            "1",
+            "--steps",
+            "4",
+            "--num-samples",
+            "1",
+            "3",
+            "--repeats",
+            "2",
+            "--resamples",
+            "50",
+        ]
+    )
+    assert result["length"] == 16 and "L' = 4" in result["model"]
+    for row, n in zip(result["rows"], (1, 3), strict=True):
+        assert row["num_samples"] == n and row["same_tokens"]
+        assert 4 <= row["nfe"] <= 4 * 4  # 4 blocks, at most `steps` calls each
+        low, high = row["speedup_ci95"]
+        assert low <= high and row["cached_tok_per_s"] == pytest.approx(n * 16 / row["cached_s"])
 
 
 def test_bench_startup_quick() -> None:
@@ -132,3 +158,34 @@ def test_bench_startup_quick() -> None:
     control = result["imports"]["mdm components backbone"]["forbidden_imported"]
     assert {"torch", "mdm_plugin_dit.model"} <= set(control)  # the check can see component imports
     assert result["control_detected"] and result["ok"]
+
+
+def test_bench_equal_nfe_reads_trained_runs_at_each_budget(tmp_path: Path) -> None:
+    """Two arms (BD3 L' = 4 and AR), each read at the budgets it has: L/4, L, 4L for BD3, L for AR."""
+    from mdm_core.spec import load_spec
+    from mdm_core.trainer import train
+
+    tiny = [
+        "data.num_train=64",
+        "data.num_val=16",
+        "data.seq_len=16",
+        "backbone={name: dit, dim: 32, layers: 1, heads: 2}",
+        "trainer.max_steps=2",
+        "trainer.ckpt_every=2",
+        "evaluators=[{name: nll, every: 0, draws: 1}]",
+        f"out_dir={tmp_path}",
+    ]
+    runs = []
+    for name, process in (("bd3", "{name: bd3, block_size: 4}"), ("ar", "{name: ar}")):
+        spec = load_spec(
+            BENCHMARKS.parent / "specs" / "blockwise-markov.yaml", [*tiny, f"forward_process={process}"]
+        )
+        train(spec, run_dir=tmp_path / name, quiet=True)
+        runs.append(str(tmp_path / name))
+    result = script("bench_equal_nfe").main([*runs, "--num-samples", "4", "--threads", "1"])
+    budgets = {(row["arm"], row["budget"]): row for row in result["rows"]}
+    assert set(budgets) == {("bd3 L'=4", 0.25), ("bd3 L'=4", 1.0), ("bd3 L'=4", 4.0), ("ar", 1.0)}
+    assert budgets[("ar", 1.0)]["val/sample_quality/nfe"] == 16  # one call per token
+    for factor in (0.25, 1.0, 4.0):
+        assert budgets[("bd3 L'=4", factor)]["val/sample_quality/nfe"] <= factor * 16
+        assert 0 <= budgets[("bd3 L'=4", factor)]["val/sample_quality/impossible_frac"] <= 1

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from mdm_core.cli import main
-from mdm_core.compare import compare_runs, cross, cross_many, nll_by_t_maps
+from mdm_core.compare import bucket_maps, compare_runs, cross, cross_many
 
 STEPS = list(range(0, 1001, 100))
 BUCKETS = ["0.001-0.500", "0.500-1.000"]
@@ -44,6 +44,8 @@ def write_run(
         if by_t:
             record |= {f"val/nll_by_t/{BUCKETS[0]}": nll - 0.5, f"val/nll_by_t/{BUCKETS[1]}": nll + 0.5}
             record["val/nll_by_t/all"] = nll
+            record |= {"val/nll_by_context/9+": nll + 1, "val/nll_by_context/1": nll - 1}
+            record["val/nll_by_context/share/1"] = 0.25
         lines.append(record)
     (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
     return path
@@ -188,12 +190,15 @@ def test_markdown_table_is_well_formed_with_its_command(
 
 def test_nll_by_t_heat_map_is_the_seed_mean_per_bucket(five_seeds: list[Path], tmp_path: Path) -> None:
     comparison = compare_runs(five_seeds, out_dir=tmp_path / "cmp")
-    maps = nll_by_t_maps(comparison)
+    maps = bucket_maps(comparison)
     steps, names, grid = maps["time_sampler.name=bell"]
     assert steps == STEPS and names == BUCKETS and grid.shape == (2, len(STEPS))
     mean_offset = float(np.mean(OFFSETS))
     assert grid[0, 5] == pytest.approx(3.0 - 0.002 * 500 + mean_offset - 0.5)
     assert (tmp_path / "cmp" / "nll_by_t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    steps, names, grid = bucket_maps(comparison, "val/nll_by_context/")["time_sampler.name=bell"]
+    assert names == ["1", "9+"] and grid[1, 0] - grid[0, 0] == pytest.approx(2.0)  # no share/ rows
+    assert (tmp_path / "cmp" / "nll_by_context.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plain = [write_run(tmp_path / "plain", "uniform", 0, 0.001, 0.0)]
     compare_runs(plain, out_dir=tmp_path / "plain-cmp")
     assert not (tmp_path / "plain-cmp" / "nll_by_t.png").exists()

@@ -23,6 +23,7 @@ from mdm_core.builtin.diagnostics import (
     context_distance,
 )
 from mdm_core.builtin.evaluators import EVAL_EPS, NLLEvaluator
+from mdm_core.builtin.gen_ppl import GenPPLEvaluator
 from mdm_core.data.markov import MarkovSource
 from mdm_core.errors import MdmError, PluginError, SpecError
 from mdm_core.interfaces import RunShape, Vocab
@@ -311,3 +312,5 @@ def test_the_diagnostics_pass_the_evaluator_kit() -> None:
         lambda: SampleQualityEvaluator(SampleQualityEvaluator.Params(num_samples=8), judge=judge),
         max_examples=2,
     )
+    params = GenPPLEvaluator.Params(judge="(the chain, injected)", num_samples=8)
+    check_evaluator(lambda: GenPPLEvaluator(params, judge=judge), max_examples=2)

@@ -105,3 +105,20 @@ def test_the_matrix_records_what_spec_validate_says_of_a_pair(
         stand_in.write_text(f"#!{sys.executable}\n{body}")
         stand_in.chmod(0o755)
         assert nox._refusal(session, ["mdm", *validate]) == expected
+
+
+def test_plug_ins_sharing_a_slot_compose_through_the_slots_they_do_not_share() -> None:
+    """PUMA and blockwise both provide forward processes; the matrix still composes them through
+    the one slot only blockwise fills (its block sampler decoding a PUMA-trained model), and the
+    composition check accepts it. Two plug-ins that fill only the same slot are "n/a"."""
+    nox = noxfile()
+    pair = nox._pair_uses("blockwise", "puma")
+    assert pair == ["forward_process.name=puma", "sampler.name=block"]
+    assert main(["spec", "validate", "specs/quickstart.yaml", *pair]) == 0
+    saved = dict(nox.PLUGINS)
+    try:
+        nox.PLUGINS["other-puma"] = {"components": {"forward_process": ["other"]}}
+        assert nox._pair_uses("puma", "other-puma") is None
+    finally:
+        nox.PLUGINS.clear()
+        nox.PLUGINS.update(saved)

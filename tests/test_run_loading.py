@@ -118,3 +118,48 @@ def test_a_directory_without_saved_data_is_refused_clearly(tiny_spec: Path, tmp_
     (tmp_path / "run" / "data" / "validation.parquet").unlink()
     with pytest.raises(MdmError, match="no saved validation data"):
         load_run(tmp_path / "run")
+
+
+MARKOV_SPEC = """
+name: markov-eval
+out_dir: {out}
+data: {{name: markov, vocab_size: 8, branching: 2, seq_len: 16, num_train: 64, num_val: 16}}
+backbone: {{name: dit, dim: 32, layers: 1, heads: 2}}
+sampler: {{name: ancestral, steps: 16}}
+evaluators:
+  - {{name: nll, every: 0, draws: 1}}
+trainer: {{max_steps: 2, batch_size: 8, lr: 3e-3, warmup: 1, seed: 0, ckpt_every: 2, log_every: 1,
+          eval_batch_size: 16, num_samples: 0}}
+"""
+
+
+def test_eval_set_decodes_a_trained_run_with_another_sampler_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``mdm eval --set`` judges one trained model at several sampler budgets (the equal-NFE
+    tables) without retraining; keys that would change what was trained are exit 2."""
+    spec = tmp_path / "markov.yaml"
+    spec.write_text(MARKOV_SPEC.format(out=tmp_path / "runs"))
+    train(load_spec(spec), run_dir=tmp_path / "run", quiet=True)
+    samples = "evaluators=[{name: samples, every: 0, num_samples: 4}]"
+    nfe = {}
+    for steps in (2, 16):
+        code, out, err = _cli(
+            capsys,
+            "eval",
+            str(tmp_path / "run"),
+            "--json",
+            "--set",
+            samples,
+            "--set",
+            f"sampler.steps={steps}",
+        )
+        assert code == 0, err
+        metrics = json.loads(out)
+        assert "val/nll" not in metrics and 0 <= metrics["val/samples/impossible_frac"] <= 1
+        nfe[steps] = metrics["val/samples/nfe"]
+    assert 1 <= nfe[2] <= 2 < nfe[16] <= 16
+    code, _, err = _cli(capsys, "eval", str(tmp_path / "run"), "--set", "trainer.lr=1")
+    assert code == 2 and "--set 'trainer.lr=1'" in err and "retrain" in err
+    code, _, err = _cli(capsys, "eval", str(tmp_path / "run"), "--set", "sampler.name=locality")
+    assert code == 2 and "cannot generate" in err

@@ -70,6 +70,12 @@ def mdm_components() -> list[ComponentRef]:
             "samples from any sampler scored by the data's exact judge (Markov: true NLL)",
         ),
         ComponentRef(
+            "evaluator",
+            "gen_ppl",
+            f"{_B}.gen_ppl:GenPPLEvaluator",
+            "samples from any sampler scored by a judge run's likelihood (gen-PPL under an AR model)",
+        ),
+        ComponentRef(
             "data",
             "markov",
             f"{_D}.markov:MarkovSource",

@@ -261,14 +261,14 @@ class SampleQualityEvaluator(Evaluator):
         if p.sampler is None:
             if p.sampler_params:
                 raise SpecError(
-                    "evaluators.sample_quality.sampler_params: given without evaluators.sample_quality."
+                    f"evaluators.{self.name}.sampler_params: given without evaluators.{self.name}."
                     "sampler; name the sampler they belong to (the run's own sampler is set under sampler:)"
                 )
             return None
         from mdm_core.plugins import get_registry
 
         cls: type[Sampler] = get_registry().load(
-            "sampler", p.sampler, where="evaluators.sample_quality.sampler"
+            "sampler", p.sampler, where=f"evaluators.{self.name}.sampler"
         )
         try:
             params = cls.Params.model_validate(p.sampler_params)
@@ -276,7 +276,7 @@ class SampleQualityEvaluator(Evaluator):
             err = exc.errors()[0]
             key = ".".join(str(part) for part in err["loc"]) or "sampler_params"
             raise SpecError(
-                f"evaluators.sample_quality.sampler_params.{key}: {err['msg']} (got {err.get('input')!r}) "
+                f"evaluators.{self.name}.sampler_params.{key}: {err['msg']} (got {err.get('input')!r}) "
                 f"for sampler '{p.sampler}'"
             ) from None
         return cls, params
@@ -288,7 +288,7 @@ class SampleQualityEvaluator(Evaluator):
         structure = ctx.forward_process.inference().structure
         if structure not in cls.structures:
             raise SpecError(
-                f"evaluators.sample_quality.sampler: sampler '{self.params.sampler}' cannot generate from "
+                f"evaluators.{self.name}.sampler: sampler '{self.params.sampler}' cannot generate from "
                 f"models trained by forward process '{ctx.forward_process.name}' (structure "
                 f"'{structure}'; the sampler supports {sorted(cls.structures)})"
             )
@@ -317,7 +317,7 @@ class SampleQualityEvaluator(Evaluator):
         sampler = self._sampler_for(ctx, length)
         generator = torch.Generator().manual_seed(ctx.seed)
         out = sampler.generate(ctx.model, ctx.sampling_context(), self.params.num_samples, length, generator)
-        prefix = "sample_quality/" + (f"{self.params.sampler}/" if self.params.sampler else "")
+        prefix = f"{self.name}/" + (f"{self.params.sampler}/" if self.params.sampler else "")
         tokens = out.tokens.cpu()
         metrics = {
             f"{prefix}nfe": float(out.nfe),
