@@ -1,7 +1,8 @@
 """``mdm compare``: group runs into arms, measure steps and time to a target metric, and the speed-up.
 
 Runs are grouped into *arms* by their resolved spec minus the seed and the run's name and paths; an
-arm is labelled by the fewest spec keys that tell the arms apart (``time_sampler.name=bell``).
+arm is labelled by the fewest spec keys that tell the arms apart (``time_sampler.name=bell``), plus
+every other key it sets for a component another arm also uses (``...,time_sampler.anneal=0.2``).
 The numbers follow BENCHMARKS.md B1, for any eval metric (``val/nll`` by default; for tasks
 ``val/puzzle_acc`` and the like, where higher is better):
 
@@ -367,7 +368,10 @@ def group_arms(runs: Sequence[Run]) -> list[Arm]:
     chosen = _distinguishing_keys(configs)
     arms = []
     for config, members in zip(configs, groups.values(), strict=True):
-        keys = {k: config[k] for k in chosen if k in config}
+        extra = [
+            k for k in _differing_keys(configs) if k not in chosen and _shared_component(k, config, configs)
+        ]
+        keys = {k: config[k] for k in [*chosen, *extra] if k in config}
         label = ",".join(f"{k}={_text(v)}" for k, v in keys.items()) or "(defaults)"
         arms.append(Arm(label, keys, members))
     return arms
@@ -377,7 +381,7 @@ def _distinguishing_keys(configs: list[dict[str, Any]]) -> list[str]:
     """Greedy: add keys (component names first, then keys most arms set) while they split the arms further."""
     if len(configs) < 2:
         return []
-    differing = {k for c in configs for k in c if len({_signature(d, [k]) for d in configs}) > 1}
+    differing = set(_differing_keys(configs))
     present = {k: sum(k in c for c in configs) for k in differing}
     order = sorted(differing, key=lambda k: (not k.endswith(".name"), -present[k], k.count("."), k))
     chosen: list[str] = []
@@ -390,6 +394,23 @@ def _distinguishing_keys(configs: list[dict[str, Any]]) -> list[str]:
         if classes == len(configs):
             break
     return chosen
+
+
+def _shared_component(key: str, config: dict[str, Any], configs: list[dict[str, Any]]) -> bool:
+    """Whether this arm sets ``key`` of a component another arm also uses (same ``.name``): then
+    the key tells those arms apart and belongs in the label, even where the greedy choice found
+    another key enough (an annealed bell beside bells with mu, s set would read as a plain bell)."""
+    section = key.rpartition(".")[0]
+    name = config.get(f"{section}.name")
+    if key not in config or not section or name is None:
+        return False
+    return sum(c.get(f"{section}.name") == name for c in configs) > 1
+
+
+def _differing_keys(configs: list[dict[str, Any]]) -> list[str]:
+    """Keys whose value (or presence) is not the same in every config, in a stable order."""
+    keys = sorted({k for c in configs for k in c})
+    return [k for k in keys if len({_signature(c, [k]) for c in configs}) > 1] if len(configs) > 1 else []
 
 
 def _signature(config: dict[str, Any], keys: Sequence[str]) -> tuple[str, ...]:

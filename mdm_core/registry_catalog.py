@@ -180,7 +180,8 @@ CHECK_PAIR = "composed training run"
 class MatrixResult(BaseModel):
     """One cell: a plug-in's own tests (one name) or a pair composed in a training run (two).
 
-    A pair is "not applicable" when both plug-ins provide the same kinds (one run cannot use both),
+    A pair is "not applicable" when both plug-ins provide only the same kinds (one run cannot use
+    both; plug-ins that share a slot but not all of them are composed through the others),
     and "refused" when ``mdm spec validate`` refuses the composed spec (exit 2: one side would
     ignore or misuse the other), so that a pair is "pass" only when it is meaningful and trains.
     Own tests run against the core at the plug-in's oldest supported version and at main
@@ -273,7 +274,8 @@ def write_matrix(
         "main. Elsewhere: the two plug-ins composed in a short real training run of",
         "`specs/quickstart.yaml` with both components selected, after `mdm spec validate` accepted",
         "the pair; a pair it refuses (one side would ignore or misuse the other) reads",
-        "`refused (exit 2)`, a pair filling the same slot `n/a`.",
+        "`refused (exit 2)`, a pair filling nothing but the same slot `n/a` (two plug-ins sharing a",
+        "slot are composed through a slot only one of them fills, e.g. PUMA's process + the block sampler).",
         "",
         "| | " + " | ".join(names) + " |",
         "|---" * (len(names) + 1) + "|",

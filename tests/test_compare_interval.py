@@ -202,3 +202,25 @@ def test_nll_by_t_heat_map_is_the_seed_mean_per_bucket(five_seeds: list[Path], t
     plain = [write_run(tmp_path / "plain", "uniform", 0, 0.001, 0.0)]
     compare_runs(plain, out_dir=tmp_path / "plain-cmp")
     assert not (tmp_path / "plain-cmp" / "nll_by_t.png").exists()
+
+
+def test_an_arm_is_labelled_by_every_differing_key_it_sets(tmp_path: Path) -> None:
+    """Arms told apart by keys another arm leaves unset still name their own settings: the
+    annealed bell is not labelled as if it were a plain logit-normal."""
+    from mdm_core.compare import Run, group_arms
+
+    def run(name: str, time_sampler: dict[str, Any]) -> Run:
+        config = {"time_sampler." + k: v for k, v in time_sampler.items()}
+        return Run(path=tmp_path / name, config=config, steps=[1], elapsed=[1.0], values=[1.0])
+
+    arms = group_arms(
+        [
+            run("a", {"name": "bell", "mu": 0, "s": 1}),
+            run("b", {"name": "bell", "anneal": 0.2}),
+            run("c", {"name": "uniform"}),
+        ]
+    )
+    labels = [arm.label for arm in arms]
+    assert labels[1] == "time_sampler.name=bell,time_sampler.anneal=0.2"
+    assert labels[0] == "time_sampler.name=bell,time_sampler.mu=0,time_sampler.s=1"
+    assert labels[2] == "time_sampler.name=uniform"

@@ -239,8 +239,9 @@ def test_compare_groups_seeds_into_arms_and_measures_the_speedup(
     uniform, logit, beta = comparison.arms
     assert uniform is comparison.baseline
     assert uniform.label == "time_sampler.name=uniform"
-    assert logit.label == "time_sampler.name=bell,time_sampler.family=logit_normal"
-    assert beta.label == "time_sampler.name=bell,time_sampler.family=beta"
+    # every key an arm of a shared component sets is named (the beta arm leaves s unset)
+    assert logit.label == "time_sampler.name=bell,time_sampler.family=logit_normal,time_sampler.s=1.0"
+    assert beta.label == "time_sampler.name=bell,time_sampler.family=beta,time_sampler.a=2.0"
     assert sorted(r.seed for r in uniform.runs) == [0, 1, 2] and len(beta.runs) == 2
     # Default target: the baseline's final mean NLL, reached by its mean curve at its last step.
     assert comparison.target == pytest.approx(2.0)
@@ -280,7 +281,7 @@ def test_explicit_target_and_baseline_selection(runs: dict[str, list[Path]]) -> 
     assert "990 (1/2 seeds)" in comparison.table_text()
 
     by_dir = compare_runs(every, baseline=str(runs["logit"][1]))
-    assert by_dir.baseline.label.endswith("logit_normal") and by_dir.target == pytest.approx(1.0)
+    assert "family=logit_normal" in by_dir.baseline.label and by_dir.target == pytest.approx(1.0)
 
 
 def test_an_unreached_baseline_gives_no_speedup(runs: dict[str, list[Path]]) -> None:
