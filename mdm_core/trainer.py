@@ -391,6 +391,9 @@ class Trainer:
             self._loop(signals)
         summary = self.finish()
         self.hooks.mdm_run_end(run=self.context, metrics=self.last_eval)
+        # Every rank leaves together: a rank that tears down its process group while rank 0 still
+        # writes the summary, plots and samples can abort inside gloo (seen under CPU load).
+        distributed.barrier(self.env)
         return summary
 
     def _loop(self, stop: StopSignals) -> None:

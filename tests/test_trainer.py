@@ -350,3 +350,53 @@ def test_rng_state_round_trips_and_a_cuda_state_is_handled(tmp_path: Path) -> No
     assert torch.equal(torch.rand(3), expected)
     if torch.cuda.is_available():
         assert torch.equal(torch.cuda.get_rng_state(0), state["cuda"]["0"])
+
+
+SLOW_END = """
+import atexit, os, sys, time
+from pathlib import Path
+from mdm_core import hookimpl
+from mdm_core.cli import main
+from mdm_core.plugins import get_registry
+
+OUT = Path(sys.argv[1])
+RANK = os.environ["RANK"]
+
+class SlowRankZero:
+    # Rank 0 is slow to finish (plots, samples on a loaded machine).
+    @hookimpl
+    def mdm_run_end(self, run, metrics):
+        if RANK == "0":
+            time.sleep(3)
+            (OUT / "rank0-end").write_text(repr(time.time()))
+
+atexit.register(lambda: (OUT / f"rank{RANK}-exit").write_text(repr(time.time())))
+get_registry().pm.register(SlowRankZero(), name="slow-rank-zero")
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+    reason="torchrun is part of torch; missing only in broken installs",
+)
+def test_no_rank_leaves_while_rank_zero_is_still_finishing(tiny_spec: Path, tmp_path: Path) -> None:
+    """A rank that tore down its process group while rank 0 was still writing its summary aborted
+    in gloo (SIGABRT, seen in CI under load); every rank now waits for rank 0 at the end."""
+    script = tmp_path / "slow_end.py"
+    script.write_text(SLOW_END)
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    overrides = [
+        "trainer.max_steps=4",
+        "trainer.ckpt_every=4",
+        "evaluators.0.every=4",
+        "trainer.num_samples=0",
+    ]
+    out = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path), "train",
+         str(tiny_spec), *overrides, "--run-dir", str(tmp_path / "run"), "--quiet"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    rank0_end = float((tmp_path / "rank0-end").read_text())
+    assert float((tmp_path / "rank1-exit").read_text()) >= rank0_end
