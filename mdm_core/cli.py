@@ -598,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--higher-is-better",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="direction of --metric (default: higher for metrics named *acc*, lower otherwise)",
+        help="direction of --metric (default: higher for metrics named *acc* or *exact*, lower otherwise)",
     )
     p.add_argument("--target", type=float, help="target value of --metric (default: baseline's final)")
     p.add_argument("--target-nll", type=float, help="the same as --target for val/nll")

@@ -50,6 +50,8 @@ DEFAULT_METRIC = "val/nll"
 MIN_RESAMPLES = 2000
 #: Prefix of the ``nll_by_t`` evaluator's bucket metrics (``all`` is their mean, not a bucket).
 NLL_BY_T = "val/nll_by_t/"
+#: Metric names containing one of these are better when higher (accuracies, exact-match rates).
+HIGHER_IS_BETTER = ("acc", "exact")
 #: Bucketed diagnostics drawn as heat maps (bucket × step): metric prefix → (file stem, axis label).
 BUCKET_METRICS = {NLL_BY_T: ("nll_by_t", "t"), "val/nll_by_context/": ("nll_by_context", "distance")}
 
@@ -580,14 +582,16 @@ def compare_runs(
     nll_by_t.png / nll_by_context.png when the runs logged those evaluators) to out_dir.
 
     ``metric`` is any eval metric in metrics.jsonl (``val/nll``, ``val/puzzle_acc`` ...);
-    ``higher_is_better`` defaults to True for accuracies (names containing "acc"); ``ci``,
+    ``higher_is_better`` defaults to True for names containing "acc" or "exact"; ``ci``,
     ``resamples`` and ``bootstrap_seed`` set the bootstrap intervals over seeds.
     """
     if not 0.0 < ci < 1.0:
         raise MdmError(f"compare: --ci {ci} must lie strictly between 0 and 1 (e.g. 0.9)", exit_code=2)
     if resamples < MIN_RESAMPLES:
         raise MdmError(f"compare: --resamples {resamples}: use at least {MIN_RESAMPLES}", exit_code=2)
-    higher = ("acc" in metric) if higher_is_better is None else higher_is_better
+    higher = (
+        any(word in metric for word in HIGHER_IS_BETTER) if higher_is_better is None else higher_is_better
+    )
     runs, notes = load_runs(paths, metric)
     arms = group_arms(runs)
     for arm in arms:

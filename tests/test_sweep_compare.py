@@ -378,6 +378,17 @@ def test_compare_an_accuracy_where_higher_is_better(tmp_path: Path) -> None:
     assert all(arm.crossing.step == 0.0 for arm in lower.arms)
 
 
+def test_an_exact_match_rate_is_higher_is_better_by_default(tmp_path: Path) -> None:
+    """val/path_exact (star graphs) is an accuracy too: without a flag, reaching the baseline's
+    final rate means rising to it, not being below it at the first evaluation."""
+    runs = [write_accuracy_run(tmp_path / f"base{s}", "absorbing", s, 0.0005) for s in (0, 2)]
+    for run in runs:
+        text = (run / "metrics.jsonl").read_text().replace("val/puzzle_acc", "val/path_exact")
+        (run / "metrics.jsonl").write_text(text)
+    comparison = compare_runs(runs, metric="val/path_exact")
+    assert comparison.higher_is_better and comparison.baseline.crossing.step == pytest.approx(1000.0)
+
+
 def test_an_unrecorded_metric_names_the_recorded_ones(runs: dict[str, list[Path]]) -> None:
     with pytest.raises(MdmError, match=r"has recorded val/puzzle_acc; they record val/bpt, val/nll, val/ppl"):
         compare_runs(runs["uniform"], metric="val/puzzle_acc")
