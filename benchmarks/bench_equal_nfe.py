@@ -64,7 +64,8 @@ def measure(run: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
         parts = loaded.parts
         ctx = eval_context(parts, parts.model, loaded.spec.run.trainer, loaded.device)
         metrics = evaluate(parts.evaluators, ctx, final=True)
-        rows.append({"run": str(run), "arm": arm_of(loaded), "budget": factor, "sampler": sampler, **metrics})
+        row = {"run": str(run), "arm": arm_of(loaded), "length": length, "budget": factor, "sampler": sampler}
+        rows.append({**row, **metrics})
         print(f"{run}: budget {factor}·L {metrics}", file=sys.stderr, flush=True)
     return rows
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = [row for run in args.runs for row in measure(run, args)]
-    length = load_run(args.runs[0], "cpu").parts.shape.seq_len
+    length = rows[0]["length"]
     result = {
         "benchmark": "B1 blockwise sample quality at equal NFE",
         "judge": args.judge or "the data source's exact judge",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,13 +51,14 @@ class ModelJudge:
         from mdm_core.assembly import load_run  # the judge is a whole run: import lazily
         from mdm_core.evaluation import eval_context
 
-        if not (Path(source) / "resolved.yaml").is_file():
+        try:
+            loaded = load_run(source, ctx.device)
+        except MdmError as exc:  # load_run says what is wrong with the folder; name the spec key
             raise MdmError(
-                f"evaluators.gen_ppl.judge: {source} is not a run directory; train the judge first "
+                f"evaluators.gen_ppl.judge: {exc}; train the judge first "
                 "(e.g. mdm train SPEC 'forward_process={name: ar}' 'sampler={name: ar}')",
-                exit_code=2,
-            )
-        loaded = load_run(source, ctx.device)
+                exit_code=exc.exit_code,
+            ) from None
         mine, theirs = ctx.tokenizer.to_json(), loaded.parts.bundle.tokenizer.to_json()
         if mine != theirs:
             raise MdmError(
