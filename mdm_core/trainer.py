@@ -396,6 +396,12 @@ class Trainer:
         distributed.barrier(self.env)
         return summary
 
+    def release_distributed(self) -> None:
+        """Drop the DDP wrapper, and the gradient work its reducer still holds, while the
+        interpreter is alive: left to interpreter exit, a gloo work object released after torch's
+        runtime is gone can abort the process (SIGABRT) after a run that finished cleanly."""
+        self.net = self.model
+
     def _loop(self, stop: StopSignals) -> None:
         hooks = self.hooks
         hooks.mdm_run_start(run=self.context)
@@ -576,6 +582,8 @@ def train(
                 )
             raise
         finally:
+            if trainer is not None:
+                trainer.release_distributed()
             distributed.teardown()
             if lock is not None:
                 lock.release()
