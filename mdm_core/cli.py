@@ -701,13 +701,13 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "pip_action"):  # pip's options are pip's: everything after the command
             args.names, extra = argv[argv.index(args.pip_action) + 1 :], []
         if extra:
-            # ``mdm train spec --quiet key=value``: overrides may follow options (argparse stops
-            # collecting positionals at the first option); anything else is still an error.
-            if not hasattr(args, "overrides") or not all(
-                "=" in item and not item.startswith("-") for item in extra
-            ):
+            # ``mdm train spec --quiet key=value``, ``mdm sweep spec a=1,2 --parallel 2 seed=0,1``:
+            # key=value items may follow options (argparse stops collecting positionals at the
+            # first option); anything else is still an error.
+            collects = next((name for name in ("overrides", "assignments") if hasattr(args, name)), None)
+            if collects is None or not all("=" in item and not item.startswith("-") for item in extra):
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
-            args.overrides = [*args.overrides, *extra]
+            setattr(args, collects, [*getattr(args, collects), *extra])
         if not getattr(args, "func", None):
             parser.print_help()
             return 0

@@ -24,6 +24,16 @@ def test_overrides_may_follow_options(tiny_spec: Path, capsys: pytest.CaptureFix
     assert "max_steps: 3" in before
 
 
+def test_sweep_assignments_may_follow_options(
+    tiny_spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The grid after --parallel is still the grid: its misspelt key is checked before any run.
+    argv = ["sweep", str(tiny_spec), "seed=0", "--parallel", "2", "trainer.max_stepz=1,2"]
+    assert main([*argv, "--out", str(tmp_path / "sweep")]) == 2
+    assert "trainer.max_stepz" in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_an_unknown_option_is_still_refused(tiny_spec: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["train", str(tiny_spec), "--quiet", "--no-such-flag"])
