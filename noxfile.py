@@ -182,7 +182,9 @@ def _core_at(session: nox.Session, version: str) -> Path:
             dest = Path(session.create_tmp()) / f"core-{version}"
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir(parents=True)
-            with tarfile.open(fileobj=io.BytesIO(git(["git", "archive", commit]).stdout)) as archive:
+            archived = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True)
+            tree: bytes = archived.stdout
+            with tarfile.open(fileobj=io.BytesIO(tree)) as archive:
                 archive.extractall(dest, filter="data")
             return dest
     session.error(f"no commit declares core version {version}, the oldest one a plug-in supports")
