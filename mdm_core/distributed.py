@@ -8,7 +8,6 @@ message; on NCCL torch's watchdog ends the process after the same timeout.
 
 from __future__ import annotations
 
-import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -68,13 +67,8 @@ def setup(device_choice: str = "auto", timeout_s: float = 600.0) -> DistEnv:
 
 
 def teardown() -> None:
-    """Leave the process group while the interpreter is alive: collect what still refers to it
-    (a DDP reducer in a reference cycle) first, so that no gloo object outlives the group and is
-    destroyed during interpreter shutdown."""
     if dist.is_initialized():
-        gc.collect()
         dist.destroy_process_group()
-        gc.collect()
 
 
 def mean_across_ranks(value: float, env: DistEnv) -> float:

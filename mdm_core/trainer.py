@@ -391,16 +391,11 @@ class Trainer:
             self._loop(signals)
         summary = self.finish()
         self.hooks.mdm_run_end(run=self.context, metrics=self.last_eval)
-        # Every rank leaves together: a rank that tears down its process group while rank 0 still
-        # writes the summary, plots and samples can abort inside gloo (seen under CPU load).
+        # Every rank leaves together, so no rank destroys its process group while rank 0 still
+        # writes the summary, plots and samples. (This did not cure an intermittent SIGABRT at the
+        # end of CPU/gloo runs, whose cause is still unknown; see CHANGELOG.)
         distributed.barrier(self.env)
         return summary
-
-    def release_distributed(self) -> None:
-        """Drop the DDP wrapper, and the gradient work its reducer still holds, while the
-        interpreter is alive: left to interpreter exit, a gloo work object released after torch's
-        runtime is gone can abort the process (SIGABRT) after a run that finished cleanly."""
-        self.net = self.model
 
     def _loop(self, stop: StopSignals) -> None:
         hooks = self.hooks
@@ -582,8 +577,6 @@ def train(
                 )
             raise
         finally:
-            if trainer is not None:
-                trainer.release_distributed()
             distributed.teardown()
             if lock is not None:
                 lock.release()
